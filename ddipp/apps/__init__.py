@@ -1,0 +1,108 @@
+"""Apps: what ddipp sets up on the ranks for a client library (imports now, patches later)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+
+from ..errors import DdippError
+
+APP_MISSING = (
+    "app {app!r} needs {library} {major}.x, but {found}. Install it with: pip install {requirement}{note}"
+)
+UNKNOWN_APP = "unknown app {app!r}: choose one of {choices}"
+SEPARATE_ENV = " (in its own environment: fastai 1 and fastai 2 share the import name 'fastai')"
+
+
+class AppUnavailable(DdippError):
+    """The app's library is missing or of the wrong major version."""
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """A client library's contract: what to check here and what to run on every rank."""
+
+    name: str
+    summary: str
+    rank_setup: str = ""
+    library: str | None = None
+    major: int | None = None
+    requirement: str = ""
+
+    def check_available(self) -> None:
+        """Raise `AppUnavailable` with the install hint unless the library fits."""
+        if self.library is None:
+            return
+        version = installed_version(self.library)
+        if version is not None and _major(version) == self.major:
+            return
+        found = "it is not installed" if version is None else f"{self.library} {version} is installed"
+        raise AppUnavailable(
+            APP_MISSING.format(
+                app=self.name,
+                library=self.library,
+                major=self.major,
+                found=found,
+                requirement=self.requirement,
+                note=SEPARATE_ENV if self.library == "fastai" else "",
+            )
+        )
+
+
+APPS: dict[str, App] = {
+    app.name: app
+    for app in (
+        App(
+            "torch",
+            "plain PyTorch: torch and torch.distributed (as dist) imported, nothing patched",
+            rank_setup="import torch\nimport torch.distributed as dist\n",
+        ),
+        App("none", "nothing imported or patched on the ranks"),
+        App(
+            "fastai",
+            "fastai 2.x: fastai imported on every rank",
+            rank_setup="import fastai\n",
+            library="fastai",
+            major=2,
+            requirement="'fastai>=2.7,<3' accelerate",
+        ),
+        App(
+            "fastai_v1",
+            "fastai 1.x (course-v3 API): fastai imported on every rank",
+            rank_setup="import fastai\n",
+            library="fastai",
+            major=1,
+            requirement="fastai==1.0.61 pandas==1.5.3 'numpy<2' 'setuptools<70' 'spacy>=3,<4'",
+        ),
+    )
+}
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of `distribution`, without importing it; None if absent."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def default_app() -> str:
+    """The app matching the installed fastai major version, else `torch`."""
+    version = installed_version("fastai")
+    if version is None:
+        return "torch"
+    return {1: "fastai_v1", 2: "fastai"}.get(_major(version), "torch")
+
+
+def get_app(name: str) -> App:
+    """The app called `name`, checked to be usable here."""
+    try:
+        app = APPS[name]
+    except KeyError:
+        raise AppUnavailable(UNKNOWN_APP.format(app=name, choices=", ".join(APPS))) from None
+    app.check_available()
+    return app
+
+
+def _major(version: str) -> int:
+    return int(version.split(".", 1)[0])

@@ -1,0 +1,396 @@
+"""The ranks as processes: one ipyparallel engine per rank, torch.distributed formed across them."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psutil
+
+from .errors import LaunchFailed, PullError
+from .router import RankMessage
+from .spec import GroupSpec
+
+LOOPBACK = "127.0.0.1"
+# The controller's heartbeat period bounds how fast engines register (~4 s at the default).
+CONTROLLER_ARGS = ["--HeartMonitor.period=500"]
+# Seconds a process gets after SIGTERM before SIGKILL: ranks first, then the controller.
+STOP_GRACE_S = 2.0
+KILL_GRACE_S = 3.0
+OUTPUT_GRACE_S = 1.0
+
+# Not output: tells whoever reads the messages that the run may have ended.
+WAKE = RankMessage(-1, "wake", {})
+
+RANK_DID_NOT_JOIN = "rank {rank} did not join the process group: {error}"
+RENDEZVOUS_TIMEOUT = "the process group did not form within {timeout:g} s (raise it with %makedip -t SECONDS)"
+NOT_DEFINED_ON_RANK = "%dip --pull: {error} on rank {rank}"
+
+
+@dataclass(frozen=True, slots=True)
+class RankInfo:
+    """One rank as `%dipstatus` shows it."""
+
+    rank: int
+    engine_id: int
+    pid: int
+    device: str
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class RankDeath:
+    """A rank process that is gone, and how it ended."""
+
+    rank: int
+    pid: int
+    how: str
+
+
+class CellRun(Protocol):
+    """A cell submitted to every rank."""
+
+    def done(self) -> bool: ...
+
+    def failures(self) -> dict[int, tuple[str, str, list[str]]]:
+        """Per rank, a failure that arrived as a result rather than as an iopub error."""
+        ...
+
+    def interrupt(self) -> None: ...
+
+
+class RankCluster(Protocol):
+    """What the session needs of a group of rank processes; a fake one serves the fuzzer."""
+
+    ranks: list[RankInfo]
+
+    def start(self, spec: GroupSpec) -> list[RankInfo]: ...
+
+    def run_setup(self, code: str) -> None: ...
+
+    def submit(self, code: str, on_message: Callable[[RankMessage], None]) -> CellRun: ...
+
+    def check_serializable(self, value: Any) -> None: ...
+
+    def push(self, namespace: dict[str, Any]) -> None: ...
+
+    def pull(self, names: list[str], rank: int) -> list[Any]: ...
+
+    def dead_ranks(self) -> list[RankDeath]: ...
+
+    def memory(self) -> list[dict]: ...
+
+    def pids(self) -> frozenset[int]: ...
+
+    def stop(self) -> None: ...
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on `host` now, for the rendezvous store."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def describe_exit(returncode: int | None) -> str:
+    """`exit code 3` or `signal SIGKILL` for a finished process's return code."""
+    if returncode is None:
+        return "ended (exit status unknown)"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class IpyparallelCellRun:
+    """A cell on every rank through ipyparallel; done once each rank's output has ended."""
+
+    def __init__(self, async_result, pids: list[int]) -> None:
+        self._result = async_result
+        self._pids = pids
+        self._ready_since: float | None = None
+
+    def done(self) -> bool:
+        if not self._result.ready():
+            return False
+        # ipyparallel resolves a request's `output` future at the rank's final `idle`.
+        if all(child.output.done() for child in self._result._children):
+            return True
+        # A rank that died sends no final `idle`; don't wait for it forever.
+        now = time.monotonic()
+        if self._ready_since is None:
+            self._ready_since = now
+        return now - self._ready_since > OUTPUT_GRACE_S
+
+    def failures(self) -> dict[int, tuple[str, str, list[str]]]:
+        found = {}
+        for rank, child in enumerate(self._result._children):
+            error = child.exception() if child.done() else None
+            if error is not None:
+                traceback = getattr(error, "traceback", None) or ""
+                ename = getattr(error, "ename", type(error).__name__)
+                evalue = getattr(error, "evalue", str(error))
+                found[rank] = (ename, evalue, traceback.splitlines())
+        return found
+
+    def interrupt(self) -> None:
+        for pid in self._pids:
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+
+class IpyparallelRanks:
+    """A real group on this machine: controller and engines on loopback, one engine per rank."""
+
+    def __init__(self) -> None:
+        self.ranks: list[RankInfo] = []
+        self._cluster = None
+        self._client = None
+        self._view = None
+        self._engine_ids: list[int] = []
+        self._processes: list[psutil.Process] = []
+
+    def start(self, spec: GroupSpec) -> list[RankInfo]:
+        """Start the processes and form the group; on any failure stop all and raise."""
+        try:
+            self._launch(spec)
+            self.ranks = self._form_group(spec)
+        except BaseException as error:
+            self.stop()
+            if isinstance(error, LaunchFailed):
+                raise
+            if isinstance(error, Exception):
+                raise LaunchFailed(f"the group could not start: {error}") from error
+            raise
+        return self.ranks
+
+    def _launch(self, spec: GroupSpec) -> None:
+        import ipyparallel as ipp
+
+        cluster = ipp.Cluster(
+            n=spec.world_size,
+            controller_ip=LOOPBACK,
+            controller_args=CONTROLLER_ARGS,
+            delay=0,
+            engine_timeout=math.ceil(spec.start_timeout),
+            log_level=logging.WARNING,
+            # the session stops the group at exit itself, and waits for every process
+            shutdown_atexit=False,
+        )
+        self._cluster = cluster
+        cluster.start_controller_sync()
+        self._adopt(cluster.controller.process.pid)
+        environment = {} if spec.on_gpus else {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        cluster.start_engines_sync(n=spec.world_size, environment=environment)
+        for engine_set in cluster.engines.values():
+            for launcher in engine_set.launchers.values():
+                self._adopt(launcher.process.pid)
+        client = self._client = cluster.connect_client_sync()
+        try:
+            client.wait_for_engines(spec.world_size, timeout=spec.start_timeout, interactive=False)
+        except TimeoutError:
+            raise LaunchFailed(
+                f"only {len(client.ids)} of {spec.world_size} ranks registered within "
+                f"{spec.start_timeout:g} s (raise it with %makedip -t SECONDS)"
+            ) from None
+        self._engine_ids = sorted(client.ids)[: spec.world_size]
+        self._view = client[self._engine_ids]
+        self._view.use_cloudpickle()
+
+    def _form_group(self, spec: GroupSpec) -> list[RankInfo]:
+        from . import rank as rank_side
+
+        port = free_port()
+        pending = [
+            self._client[engine_id].apply_async(
+                rank_side.form_group,
+                rank,
+                spec.world_size,
+                LOOPBACK,
+                port,
+                spec.backend,
+                spec.devices[rank],
+            )
+            for rank, engine_id in enumerate(self._engine_ids)
+        ]
+        deadline = time.monotonic() + spec.start_timeout
+        infos = []
+        for rank, result in enumerate(pending):
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                info = result.get(timeout=remaining)
+            except TimeoutError:
+                raise LaunchFailed(RENDEZVOUS_TIMEOUT.format(timeout=spec.start_timeout)) from None
+            except Exception as error:
+                raise LaunchFailed(RANK_DID_NOT_JOIN.format(rank=rank, error=error)) from error
+            infos.append(RankInfo(rank, self._engine_ids[rank], info["pid"], info["device"], info["host"]))
+        return infos
+
+    def _adopt(self, pid: int) -> None:
+        try:
+            self._processes.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+
+    def run_setup(self, code: str) -> None:
+        """Run `code` on every rank, raising the first rank's error."""
+        self._view.execute(code, block=True)
+
+    def submit(self, code: str, on_message: Callable[[RankMessage], None]) -> IpyparallelCellRun:
+        from ipyparallel.client.asyncresult import AsyncResult
+
+        client = self._client
+        idents, targets = client._build_targets(self._engine_ids)
+
+        def relay(rank: int, msg: dict) -> None:
+            on_message(RankMessage(rank, msg["header"]["msg_type"], msg.get("content", {})))
+
+        futures = []
+        for rank, ident in enumerate(idents):
+            # The hook runs before the request is sent, so no output can be missed.
+            futures.append(
+                client.send_execute_request(
+                    self._view._socket,
+                    code,
+                    silent=False,
+                    ident=ident,
+                    message_future_hook=lambda future, rank=rank: future.iopub_callbacks.append(
+                        lambda msg, rank=rank: relay(rank, msg)
+                    ),
+                )
+            )
+        result = AsyncResult(client, futures, fname="execute", targets=targets, owner=True)
+        # Wake the reader as each reply and each end of output comes in: it need not poll.
+        for future in futures:
+            future.add_done_callback(lambda _: on_message(WAKE))
+            future.output.add_done_callback(lambda _: on_message(WAKE))
+        return IpyparallelCellRun(result, [info.pid for info in self.ranks])
+
+    def check_serializable(self, value: Any) -> None:
+        from ipyparallel.serialize import serialize_object
+
+        serialize_object(value)
+
+    def push(self, namespace: dict[str, Any]) -> None:
+        self._view.push(namespace, block=True)
+
+    def pull(self, names: list[str], rank: int) -> list[Any]:
+        from ipyparallel.error import RemoteError
+
+        try:
+            values = self._client[self._engine_ids[rank]].pull(names, block=True)
+        except RemoteError as error:
+            raise PullError(NOT_DEFINED_ON_RANK.format(error=error.evalue, rank=rank)) from None
+        return list(values)
+
+    def dead_ranks(self) -> list[RankDeath]:
+        dead = []
+        for info in self.ranks:
+            returncode = self._engine_returncode(info.pid)
+            alive = returncode is None and psutil.pid_exists(info.pid)
+            if alive:
+                try:
+                    alive = psutil.Process(info.pid).status() != psutil.STATUS_ZOMBIE
+                except psutil.NoSuchProcess:
+                    alive = False
+            if not alive:
+                dead.append(RankDeath(info.rank, info.pid, describe_exit(returncode)))
+        return dead
+
+    def _engine_returncode(self, pid: int) -> int | None:
+        if self._cluster is None:
+            return None
+        for engine_set in self._cluster.engines.values():
+            for launcher in engine_set.launchers.values():
+                if launcher.process is not None and launcher.process.pid == pid:
+                    try:
+                        return launcher.process.wait(timeout=0)
+                    except psutil.TimeoutExpired:
+                        return None
+                    except psutil.NoSuchProcess:
+                        return None
+        return None
+
+    def memory(self) -> list[dict]:
+        from . import rank as rank_side
+
+        return self._view.apply_sync(rank_side.memory_in_use)
+
+    def pids(self) -> frozenset[int]:
+        alive = set()
+        for process in self._family():
+            alive.add(process.pid)
+        return frozenset(alive)
+
+    def _family(self) -> list[psutil.Process]:
+        """The processes we started and all their descendants, as far as they still run."""
+        family: dict[int, psutil.Process] = {}
+        for process in self._processes:
+            try:
+                if process.is_running():
+                    family[process.pid] = process
+                    for child in process.children(recursive=True):
+                        family[child.pid] = child
+            except psutil.NoSuchProcess:
+                continue
+        return [p for p in family.values() if _is_alive(p)]
+
+    def stop(self) -> None:
+        """Stop every process we started; those that linger past a grace period are killed."""
+        family = self._family()
+        if self._view is not None and self.ranks:
+            from . import rank as rank_side
+
+            try:
+                self._view.apply_async(rank_side.leave_group).get(timeout=2)
+            except Exception:
+                pass  # best effort: the processes are stopped below either way
+        if self._client is not None:
+            self._client.close()
+        # The ranks have left the group: end them (and the nannies that would otherwise
+        # linger for seconds) by pid, then let ipyparallel stop its controller.
+        _end_processes(family, STOP_GRACE_S)
+        if self._cluster is not None:
+            try:
+                self._cluster.stop_cluster_sync()
+            except Exception:
+                pass  # anything still running is ended below
+        _end_processes(self._family(), KILL_GRACE_S)
+        self._cluster = self._client = self._view = None
+        self._engine_ids = []
+        self._processes = []
+        self.ranks = []
+
+
+def _end_processes(processes: list[psutil.Process], grace: float) -> None:
+    """SIGTERM `processes`, then SIGKILL those still running after `grace` seconds."""
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, lingering = psutil.wait_procs(processes, timeout=grace)
+    for process in lingering:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(lingering, timeout=grace)
+
+
+def _is_alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

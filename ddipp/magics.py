@@ -1,0 +1,195 @@
+"""The IPython magics: parse the line, then call the session. Nothing else knows IPython's magic API."""
+
+from __future__ import annotations
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from .display import NotebookSink
+from .errors import LocalRunFailed
+from .fsm import Trigger
+from .session import DipSession
+from .spec import plan_group
+
+PUSH_OR_PULL = "%dip needs --push NAMES or --pull NAMES (and %%dip runs a cell on the ranks)"
+PUSH_AND_PULL = "%dip takes --push or --pull, not both at once"
+RANK_WITHOUT_PULL = "%dip --rank goes with --pull"
+BAD_SEE = "--see takes 'all' or rank numbers such as 0 or 0,2, not {value!r}"
+BAD_BOOL = "--verbose takes True or False, not {value!r}"
+BAD_SECONDS = "--timeout must be a positive number of seconds, not {value!r}"
+KILL_AND_RESTART = "%makedip takes --kill or --restart, not both"
+FLAGS_WITH_STOP = (
+    "%makedip --{action} takes no other flags (found {flags}); --restart reuses the group's settings"
+)
+LOCAL_FAILED = "%%dip --to both: the local run failed, so the ranks were not run"
+
+
+def parse_bool(value: str) -> bool:
+    """`True`/`False` (and yes/no, 1/0) as `--verbose` takes them."""
+    lowered = str(value).strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise UsageError(BAD_BOOL.format(value=value))
+
+
+def parse_ranks(value: str) -> frozenset[int] | None:
+    """`--see`: None for all ranks, else the set of rank numbers."""
+    cleaned = value.strip().strip("'\"")
+    if cleaned.lower() == "all":
+        return None
+    parts = [p for p in cleaned.replace(",", " ").split() if p]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise UsageError(BAD_SEE.format(value=value))
+    return frozenset(int(p) for p in parts)
+
+
+def parse_seconds(value: str | None) -> float | None:
+    """`--timeout` for cells: a positive number of seconds, or None."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise UsageError(BAD_SECONDS.format(value=value)) from None
+    if not 0 < seconds < float("inf"):
+        raise UsageError(BAD_SECONDS.format(value=value))
+    return seconds
+
+
+@magic_arguments()
+@argument("--push", nargs="+", metavar="NAME", help="send these notebook variables to every rank")
+@argument("--pull", nargs="+", metavar="NAME", help="fetch these variables from a rank")
+@argument("--rank", type=int, default=None, help="the rank to --pull from (default 0)")
+def _dip_line_flags(line):
+    """%dip --push NAMES... | --pull NAMES... [--rank R]"""
+
+
+@magic_arguments()
+@argument(
+    "--to",
+    choices=("remote", "local", "both"),
+    default="remote",
+    help="where the cell runs: the ranks (default), the notebook, or the notebook then the ranks",
+)
+@argument("--see", default="0", help="whose output is shown: 'all' or ranks such as 0,2 (default 0)")
+@argument("--quiet", action="store_true", help="show no output, only errors at the end")
+@argument("--timeout", default=None, help="fail the cell if the ranks take longer (seconds)")
+def _dip_cell_flags(line):
+    """%%dip [--to remote|local|both] [--see RANKS|all] [--quiet] [--timeout S]"""
+
+
+@magics_class
+class DipMagics(Magics):
+    """`%makedip`, `%dip`/`%%dip` and `%dipstatus`."""
+
+    def __init__(self, shell, session: DipSession) -> None:
+        super().__init__(shell)
+        self.session = session
+
+    @magic_arguments()
+    @argument(
+        "-g",
+        "--gpus",
+        default=None,
+        help="'all' or GPU ids (0,1,3 or \"0 1 3\"): one rank per GPU, in this order",
+    )
+    @argument("-n", "--n", dest="n", default=None, help="number of CPU ranks (gloo)")
+    @argument(
+        "-a",
+        "--app",
+        default=None,
+        help="fastai_v1, fastai, torch or none (default: the installed fastai's, else torch)",
+    )
+    @argument(
+        "--verbose",
+        nargs="?",
+        const="True",
+        default=None,
+        help="report each lifecycle step (bare --verbose means True)",
+    )
+    @argument("-t", "--timeout", default=None, help="seconds to wait for the ranks to start")
+    @argument("--backend", default=None, help="torch.distributed backend (nccl on GPUs, gloo on CPU)")
+    @argument("--restart", action="store_true", help="stop the group and start it again as it was")
+    @argument("--kill", action="store_true", help="stop the group; nothing is left running")
+    @line_magic
+    def makedip(self, line: str) -> None:
+        """Start, restart or stop the DDP group."""
+        args = parse_argstring(self.makedip, line)
+        if args.kill or args.restart:
+            if args.kill and args.restart:
+                raise UsageError(KILL_AND_RESTART)
+            action = "kill" if args.kill else "restart"
+            given = [
+                f"--{name}"
+                for name in ("gpus", "n", "app", "verbose", "timeout", "backend")
+                if getattr(args, name) is not None
+            ]
+            if given:
+                raise UsageError(FLAGS_WITH_STOP.format(action=action, flags=", ".join(given)))
+            if args.kill:
+                self.session.kill()
+            else:
+                self.session.restart()
+            return
+        # Say what state forbids before looking at GPUs, apps and versions.
+        self.session.check_health()
+        self.session.lifecycle.require(Trigger.START, "%makedip")
+        spec, notices = plan_group(
+            gpus=args.gpus,
+            n=args.n,
+            app=args.app,
+            backend=args.backend,
+            timeout=args.timeout,
+            verbose=parse_bool(args.verbose) if args.verbose is not None else False,
+        )
+        for notice in notices:
+            print(notice)
+        self.session.start(spec)
+
+    @line_cell_magic
+    def dip(self, line: str, cell: str | None = None):
+        """%dip --push NAMES... | --pull NAMES... [--rank R]; %%dip [flags] runs the cell on every rank.
+
+        %%dip [--to remote|local|both] [--see RANKS|all] [--quiet] [--timeout S]
+        """
+        if cell is None:
+            return self._dip_line(line)
+        return self._dip_cell(line, cell)
+
+    def _dip_line(self, line: str) -> None:
+        args = parse_argstring(_dip_line_flags, line)
+        if args.push and args.pull:
+            raise UsageError(PUSH_AND_PULL)
+        if args.push:
+            if args.rank is not None:
+                raise UsageError(RANK_WITHOUT_PULL)
+            self.session.push(args.push, self.shell.user_ns)
+        elif args.pull:
+            self.session.pull(args.pull, args.rank or 0, self.shell.user_ns)
+        else:
+            raise UsageError(PUSH_OR_PULL)
+
+    def _dip_cell(self, line: str, cell: str):
+        args = parse_argstring(_dip_cell_flags, line)
+        see = parse_ranks(args.see)
+        timeout = parse_seconds(args.timeout)
+        if args.to == "local":
+            self.shell.run_cell(cell, store_history=False)
+            return None
+        if args.to == "both":
+            self.session.check_health()
+            self.session.lifecycle.require(Trigger.RUN, "%%dip --to both")
+            outcome = self.shell.run_cell(cell, store_history=False)
+            if not outcome.success:
+                raise LocalRunFailed(LOCAL_FAILED)
+        return self.session.run_cell(cell, NotebookSink(), see=see, quiet=args.quiet, timeout=timeout)
+
+    @line_magic
+    def dipstatus(self, line: str) -> None:
+        """Show the group's state, its ranks (pid, device, alive, memory)."""
+        if line.strip():
+            raise UsageError("%dipstatus takes no arguments")
+        print(self.session.status().render())

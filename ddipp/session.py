@@ -1,0 +1,297 @@
+"""The orchestrator: one DDP group per notebook, every request checked against the lifecycle."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from .apps import get_app
+from .cluster import IpyparallelRanks, RankCluster, RankInfo
+from .errors import CellTimeout, GroupFailed, InvalidSequence, LaunchFailed, PushError
+from .fsm import GroupLifecycle, State, Trigger
+from .router import OutputRouter, RankMessage, RankResult, Sink
+from .spec import GroupSpec
+
+# The cluster wakes the loop when a cell ends; polling only bounds deadline checks.
+POLL_S = 0.1
+INTERRUPT_GRACE_S = 2.0
+
+UNDEFINED_NAMES = "%dip --push: {names} not defined in the notebook; nothing was pushed"
+UNSENDABLE = "%dip --push: {name!r} cannot be sent to the ranks ({error}); nothing was pushed"
+BAD_RANK = "{magic}: rank {rank} does not exist; this group has ranks 0..{last}"
+RANK_DIED = "rank {rank} (pid {pid}) died: {how}"
+GROUP_BROKEN_ADVICE = "Use %makedip --restart for a fresh group, or %makedip --kill."
+CELL_TIMED_OUT = "%%dip: the cell ran past --timeout {timeout:g} s on the ranks"
+INTERRUPT_IGNORED = "the ranks did not stop within {grace:g} s of the interrupt"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What `%dipstatus` reports."""
+
+    state: State
+    spec: GroupSpec | None
+    ranks: tuple[RankInfo, ...]
+    dead: frozenset[int]
+    reason: str
+    memory: tuple[dict, ...] = ()
+
+    def render(self) -> str:
+        lines = [f"ddipp: state {self.state.value}"]
+        if self.reason:
+            lines.append(f"  reason: {self.reason}")
+        if self.spec is not None and self.ranks:
+            lines.append(f"  group: {self.spec.describe()}")
+            lines.append("  rank  engine  pid      device   alive  memory")
+            for info in self.ranks:
+                memory = self.memory[info.rank] if info.rank < len(self.memory) else {}
+                used = f"{memory['rss_mb']:.0f} MB" if "rss_mb" in memory else "-"
+                if "cuda_mb" in memory:
+                    used += f", cuda {memory['cuda_mb']:.0f} MB"
+                alive = "no" if info.rank in self.dead else "yes"
+                lines.append(
+                    f"  {info.rank:<4}  {info.engine_id:<6}  {info.pid:<7}  {info.device:<7}  "
+                    f"{alive:<5}  {used}"
+                )
+        return "\n".join(lines)
+
+
+class DipSession:
+    """Owns the lifecycle machine and the group's processes; the magics call into it."""
+
+    def __init__(
+        self,
+        cluster_factory: Callable[[], RankCluster] = IpyparallelRanks,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.lifecycle = GroupLifecycle()
+        self.spec: GroupSpec | None = None
+        self._cluster_factory = cluster_factory
+        self._cluster: RankCluster | None = None
+        self._say = say
+        self.lifecycle.listeners.append(self._report_step)
+
+    @property
+    def state(self) -> State:
+        return self.lifecycle.state
+
+    @property
+    def cluster(self) -> RankCluster | None:
+        return self._cluster
+
+    # --- group lifecycle -------------------------------------------------------------
+
+    def start(self, spec: GroupSpec, magic: str = "%makedip") -> None:
+        """Start a group as `spec` says; on failure nothing is left running and state is idle."""
+        self.check_health()
+        self.lifecycle.require(Trigger.START, magic)
+        self.spec = spec
+        self.lifecycle.fire(Trigger.START)
+        cluster = self._cluster_factory()
+        began = time.perf_counter()
+        try:
+            cluster.start(spec)
+        except LaunchFailed:
+            self.lifecycle.fire(Trigger.LAUNCH_FAILED)
+            raise
+        except BaseException:
+            cluster.stop()
+            self.lifecycle.fire(Trigger.LAUNCH_FAILED)
+            raise
+        self._cluster = cluster
+        self.lifecycle.fire(Trigger.GROUP_FORMED)
+        try:
+            setup = get_app(spec.app).rank_setup
+            if setup:
+                cluster.run_setup(setup)
+        except BaseException as error:
+            self._stop_processes()
+            self.lifecycle.fire(Trigger.PATCH_FAILED)
+            if isinstance(error, Exception):
+                raise LaunchFailed(f"app {spec.app!r} failed to set up the ranks: {error}") from error
+            raise
+        self.lifecycle.fire(Trigger.PATCHES_APPLIED)
+        if spec.verbose:
+            self._say(f"ddipp: {spec.describe()} ready in {time.perf_counter() - began:.1f} s")
+
+    def kill(self, magic: str = "%makedip --kill") -> None:
+        """Stop the group and every process it has; back to idle."""
+        self.check_health()
+        self.lifecycle.require(Trigger.KILL, magic)
+        self.lifecycle.fire(Trigger.KILL)
+        self._stop_processes()
+        self.lifecycle.fire(Trigger.DRAINED)
+
+    def restart(self, magic: str = "%makedip --restart") -> None:
+        """Stop the group and start a fresh one with the same settings."""
+        self.check_health()
+        self.lifecycle.require(Trigger.RESTART, magic)
+        spec = self.spec
+        self.lifecycle.fire(Trigger.RESTART)
+        self._stop_processes()
+        self.lifecycle.fire(Trigger.DRAINED)
+        self.start(spec, magic)
+
+    def shutdown(self) -> None:
+        """Stop whatever runs, from any state (extension unload, interpreter exit)."""
+        if self._cluster is not None:
+            self._stop_processes()
+        if self.state in (State.PATCHED, State.FAILED):
+            self.lifecycle.fire(Trigger.KILL)
+        if self.state is State.DRAINING:
+            self.lifecycle.fire(Trigger.DRAINED)
+
+    def _stop_processes(self) -> None:
+        cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            cluster.stop()
+
+    # --- health ------------------------------------------------------------------------
+
+    def check_health(self) -> None:
+        """Notice ranks that died since the last request: the group becomes `failed`."""
+        if self._cluster is None or self.state not in (State.PATCHED, State.RUNNING):
+            return
+        dead = self._cluster.dead_ranks()
+        if dead:
+            reason = "; ".join(RANK_DIED.format(rank=d.rank, pid=d.pid, how=d.how) for d in dead)
+            self.lifecycle.fire(Trigger.GROUP_BROKEN, reason=reason)
+
+    def _begin(self, magic: str) -> RankCluster:
+        self.check_health()
+        self.lifecycle.require(Trigger.RUN, magic)
+        self.lifecycle.fire(Trigger.RUN)
+        assert self._cluster is not None
+        return self._cluster
+
+    def _end(self, broken: str = "") -> None:
+        if broken:
+            self.lifecycle.fire(Trigger.GROUP_BROKEN, reason=broken)
+            return
+        self.lifecycle.fire(Trigger.CELL_DONE)
+        self.check_health()
+
+    # --- namespaces --------------------------------------------------------------------
+
+    def push(self, names: Iterable[str], namespace: MutableMapping[str, Any]) -> None:
+        """Send notebook variables to every rank: all of them, or none if one cannot go."""
+        names = list(dict.fromkeys(names))
+        missing = [name for name in names if name not in namespace]
+        if missing:
+            raise PushError(UNDEFINED_NAMES.format(names=", ".join(map(repr, missing))))
+        self.check_health()
+        self.lifecycle.require(Trigger.RUN, "%dip --push")
+        cluster = self._cluster
+        assert cluster is not None
+        values = {name: namespace[name] for name in names}
+        for name, value in values.items():
+            try:
+                cluster.check_serializable(value)
+            except Exception as error:
+                raise PushError(UNSENDABLE.format(name=name, error=error)) from None
+        cluster = self._begin("%dip --push")
+        try:
+            cluster.push(values)
+        except Exception as error:
+            self._end(broken=f"a push failed half-way: {error}")
+            raise GroupFailed(f"%dip --push failed: {error}. {GROUP_BROKEN_ADVICE}") from error
+        self._end()
+
+    def pull(self, names: Iterable[str], rank: int, namespace: MutableMapping[str, Any]) -> None:
+        """Fetch variables from `rank` into the notebook: all of them, or none."""
+        names = list(dict.fromkeys(names))
+        self.check_health()
+        self.lifecycle.require(Trigger.RUN, "%dip --pull")
+        assert self.spec is not None
+        if not 0 <= rank < self.spec.world_size:
+            raise InvalidSequence(
+                BAD_RANK.format(magic="%dip --pull", rank=rank, last=self.spec.world_size - 1)
+            )
+        cluster = self._begin("%dip --pull")
+        try:
+            values = cluster.pull(names, rank)
+        finally:
+            self._end()
+        namespace.update(zip(names, values, strict=True))
+
+    # --- cells -------------------------------------------------------------------------
+
+    def run_cell(
+        self,
+        code: str,
+        sink: Sink,
+        see: frozenset[int] | None = None,
+        quiet: bool = False,
+        timeout: float | None = None,
+    ) -> RankResult | None:
+        """Run `code` on every rank, routing output live; raise if any rank raised."""
+        self.lifecycle.require(Trigger.RUN, "%%dip")
+        assert self.spec is not None
+        shown = frozenset(range(self.spec.world_size)) if see is None else see
+        for rank in shown:
+            if rank >= self.spec.world_size:
+                raise InvalidSequence(
+                    BAD_RANK.format(magic="%%dip --see", rank=rank, last=self.spec.world_size - 1)
+                )
+        cluster = self._begin("%%dip")
+        router = OutputRouter(sink, shown, quiet)
+        messages: queue.SimpleQueue[RankMessage] = queue.SimpleQueue()
+        run = cluster.submit(code, messages.put)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            finished = _pump(run, messages, router, deadline)
+        except KeyboardInterrupt:
+            run.interrupt()
+            stopped = _pump(run, messages, router, time.monotonic() + INTERRUPT_GRACE_S)
+            self._end(broken="" if stopped else INTERRUPT_IGNORED.format(grace=INTERRUPT_GRACE_S))
+            raise
+        if not finished:
+            self._end(broken=CELL_TIMED_OUT.format(timeout=timeout))
+            raise CellTimeout(f"{CELL_TIMED_OUT.format(timeout=timeout)}. {GROUP_BROKEN_ADVICE}")
+        for rank, (ename, evalue, traceback) in run.failures().items():
+            if rank not in router.failed_ranks:
+                router.add_failure(rank, ename, evalue, traceback)
+        self._end()
+        if self.state is State.FAILED:
+            raise GroupFailed(f"{self.lifecycle.reason}. {GROUP_BROKEN_ADVICE}")
+        error = router.error()
+        if error is not None:
+            raise error
+        return None if quiet else router.result
+
+    # --- inspection --------------------------------------------------------------------
+
+    def status(self) -> Status:
+        """The state, the group and each rank; notices dead ranks first."""
+        self.check_health()
+        cluster = self._cluster
+        ranks = tuple(cluster.ranks) if cluster is not None else ()
+        dead = frozenset(d.rank for d in cluster.dead_ranks()) if cluster is not None else frozenset()
+        memory: tuple[dict, ...] = ()
+        if cluster is not None and self.state is State.PATCHED and not dead:
+            memory = tuple(cluster.memory())
+        return Status(self.state, self.spec, ranks, dead, self.lifecycle.reason, memory)
+
+    def _report_step(self, source: State, dest: State, trigger: Trigger) -> None:
+        if self.spec is not None and self.spec.verbose and trigger not in (Trigger.RUN, Trigger.CELL_DONE):
+            self._say(f"ddipp: {source.value} -> {dest.value} ({trigger.value})")
+
+
+def _pump(run, messages: queue.SimpleQueue, router: OutputRouter, deadline: float | None) -> bool:
+    """Route messages until `run` is done (True) or `deadline` passes (False)."""
+    while True:
+        if run.done():
+            while True:
+                try:
+                    router.feed(messages.get_nowait())
+                except queue.Empty:
+                    return True
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        try:
+            router.feed(messages.get(timeout=POLL_S))
+        except queue.Empty:
+            pass

@@ -1,0 +1,146 @@
+"""What `%makedip` asks for, checked and resolved into a `GroupSpec` before anything starts."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .apps import default_app, get_app
+from .errors import DdippError
+
+BACKENDS = ("gloo", "nccl", "mpi")
+DEFAULT_CPU_RANKS = 2
+DEFAULT_START_TIMEOUT_S = 60.0
+
+GPUS_AND_CPUS = "use -g for one rank per GPU or -n for CPU ranks, not both"
+BAD_RANK_COUNT = "-n needs a whole number of CPU ranks of at least 1, not {value!r}"
+BAD_GPU_LIST = "-g takes 'all' or GPU ids such as 0,1,3 or \"0 1 3\", not {value!r}"
+REPEATED_GPU = "-g lists GPU {gpu} twice: each GPU can hold one rank"
+NO_GPU_VISIBLE = "-g {value}: no GPU is visible here (torch.cuda.device_count() is 0); use -n N for CPU ranks"
+GPU_NOT_VISIBLE = "-g {value}: GPU {gpu} is not visible; this machine shows {count} GPU(s): {visible}"
+CPU_FALLBACK = "ddipp: no GPU is visible; starting {n} CPU ranks (gloo) instead (choose with -n N)"
+UNKNOWN_BACKEND = "--backend {value!r} is not one of {choices}"
+NCCL_ON_CPU = "--backend nccl needs GPU ranks; CPU ranks use gloo"
+BAD_TIMEOUT = "--timeout must be a positive number of seconds, not {value!r}"
+
+
+class SpecError(DdippError):
+    """`%makedip` flags that cannot describe a group; nothing was started."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A group to start: per rank its GPU id (None: CPU), the backend and the app."""
+
+    devices: tuple[int | None, ...]
+    backend: str
+    app: str
+    start_timeout: float = DEFAULT_START_TIMEOUT_S
+    verbose: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return len(self.devices)
+
+    @property
+    def on_gpus(self) -> bool:
+        return self.devices[0] is not None
+
+    def describe(self) -> str:
+        """A one-line summary, e.g. `2 CPU ranks, gloo, app torch`."""
+        if self.on_gpus:
+            where = f"{self.world_size} GPU rank(s) on GPU {','.join(map(str, self.devices))}"
+        else:
+            where = f"{self.world_size} CPU rank(s)"
+        return f"{where}, {self.backend}, app {self.app}"
+
+
+def cuda_device_count() -> int:
+    """GPUs visible to torch here (imports torch, so only called when GPUs are asked for)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def plan_group(
+    gpus: str | None = None,
+    n: int | str | None = None,
+    app: str | None = None,
+    backend: str | None = None,
+    timeout: float | str | None = None,
+    verbose: bool = False,
+    visible_gpus: Callable[[], int] = cuda_device_count,
+) -> tuple[GroupSpec, list[str]]:
+    """Resolve `%makedip` flags into a spec plus notices for the user; raise `SpecError`."""
+    notices: list[str] = []
+    if gpus is not None and n is not None:
+        raise SpecError(GPUS_AND_CPUS)
+    if n is not None:
+        devices: tuple[int | None, ...] = (None,) * _rank_count(n)
+    else:
+        devices = _gpu_devices(gpus or "all", visible_gpus, notices)
+    on_gpus = devices[0] is not None
+    if backend is None:
+        backend = "nccl" if on_gpus else "gloo"
+    if backend not in BACKENDS:
+        raise SpecError(UNKNOWN_BACKEND.format(value=backend, choices=", ".join(BACKENDS)))
+    if backend == "nccl" and not on_gpus:
+        raise SpecError(NCCL_ON_CPU)
+    app_name = app if app is not None else default_app()
+    get_app(app_name)
+    start_timeout = _seconds(timeout) if timeout is not None else DEFAULT_START_TIMEOUT_S
+    spec = GroupSpec(devices, backend, app_name, start_timeout, bool(verbose))
+    return spec, notices
+
+
+def parse_gpu_list(value: str) -> tuple[int, ...]:
+    """GPU ids from `0,1,3`, `"0 1 3"` or `[0, 1]`, in the order given."""
+    parts = [p for p in re.split(r"[\s,\[\]()]+", value.strip().strip("'\"")) if p]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise SpecError(BAD_GPU_LIST.format(value=value))
+    ids = tuple(int(p) for p in parts)
+    for gpu in ids:
+        if ids.count(gpu) > 1:
+            raise SpecError(REPEATED_GPU.format(gpu=gpu))
+    return ids
+
+
+def _gpu_devices(value: str, visible_gpus: Callable[[], int], notices: list[str]):
+    if value.strip().lower() == "all":
+        count = visible_gpus()
+        if count == 0:
+            n = min(DEFAULT_CPU_RANKS, os.cpu_count() or 1)
+            notices.append(CPU_FALLBACK.format(n=n))
+            return (None,) * n
+        return tuple(range(count))
+    ids = parse_gpu_list(value)
+    count = visible_gpus()
+    if count == 0:
+        raise SpecError(NO_GPU_VISIBLE.format(value=value))
+    for gpu in ids:
+        if gpu >= count:
+            visible = ", ".join(str(i) for i in range(count))
+            raise SpecError(GPU_NOT_VISIBLE.format(value=value, gpu=gpu, count=count, visible=visible))
+    return ids
+
+
+def _rank_count(value: int | str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise SpecError(BAD_RANK_COUNT.format(value=value)) from None
+    if n < 1 or str(value).strip() != str(n):
+        raise SpecError(BAD_RANK_COUNT.format(value=value))
+    return n
+
+
+def _seconds(value: float | str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(BAD_TIMEOUT.format(value=value)) from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise SpecError(BAD_TIMEOUT.format(value=value))
+    return seconds
