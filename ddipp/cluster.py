@@ -25,6 +25,7 @@ CONTROLLER_ARGS = ["--HeartMonitor.period=500"]
 STOP_GRACE_S = 2.0
 KILL_GRACE_S = 3.0
 OUTPUT_GRACE_S = 1.0
+EXIT_STATUS_WAIT_S = 1.0
 
 # Not output: tells whoever reads the messages that the run may have ended.
 WAKE = RankMessage(-1, "wake", {})
@@ -309,18 +310,27 @@ class IpyparallelRanks:
         return dead
 
     def _engine_returncode(self, pid: int) -> int | None:
-        if self._cluster is None:
+        """The exit status of the engine process `pid` if it has ended, else None."""
+        launchers = [] if self._cluster is None else [
+            launcher
+            for engine_set in self._cluster.engines.values()
+            for launcher in engine_set.launchers.values()
+            if launcher.process is not None and launcher.process.pid == pid
+        ]
+        if not launchers:
             return None
-        for engine_set in self._cluster.engines.values():
-            for launcher in engine_set.launchers.values():
-                if launcher.process is not None and launcher.process.pid == pid:
-                    try:
-                        return launcher.process.wait(timeout=0)
-                    except psutil.TimeoutExpired:
-                        return None
-                    except psutil.NoSuchProcess:
-                        return None
-        return None
+        launcher = launchers[0]
+        try:
+            return launcher.process.wait(timeout=0)
+        except psutil.TimeoutExpired:
+            return None
+        except psutil.NoSuchProcess:
+            pass
+        # ipyparallel's own watcher reaped it first; it reports the status on its loop.
+        deadline = time.monotonic() + EXIT_STATUS_WAIT_S
+        while (launcher.stop_data or {}).get("exit_code") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return (launcher.stop_data or {}).get("exit_code")
 
     def memory(self) -> list[dict]:
         from . import rank as rank_side

@@ -117,6 +117,7 @@ class DipMagics(Magics):
     @line_magic
     def makedip(self, line: str) -> None:
         """Start, restart or stop the DDP group."""
+        self.session.check_health()
         args = parse_argstring(self.makedip, line)
         if args.kill or args.restart:
             if args.kill and args.restart:
@@ -135,7 +136,6 @@ class DipMagics(Magics):
                 self.session.restart()
             return
         # Say what state forbids before looking at GPUs, apps and versions.
-        self.session.check_health()
         self.session.lifecycle.require(Trigger.START, "%makedip")
         spec, notices = plan_group(
             gpus=args.gpus,
@@ -155,6 +155,7 @@ class DipMagics(Magics):
 
         %%dip [--to remote|local|both] [--see RANKS|all] [--quiet] [--timeout S]
         """
+        self.session.check_health()
         if cell is None:
             return self._dip_line(line)
         return self._dip_cell(line, cell)
@@ -180,7 +181,6 @@ class DipMagics(Magics):
             self.shell.run_cell(cell, store_history=False)
             return None
         if args.to == "both":
-            self.session.check_health()
             self.session.lifecycle.require(Trigger.RUN, "%%dip --to both")
             outcome = self.shell.run_cell(cell, store_history=False)
             if not outcome.success:

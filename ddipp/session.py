@@ -179,11 +179,11 @@ class DipSession:
     def push(self, names: Iterable[str], namespace: MutableMapping[str, Any]) -> None:
         """Send notebook variables to every rank: all of them, or none if one cannot go."""
         names = list(dict.fromkeys(names))
+        self.check_health()
+        self.lifecycle.require(Trigger.RUN, "%dip --push")
         missing = [name for name in names if name not in namespace]
         if missing:
             raise PushError(UNDEFINED_NAMES.format(names=", ".join(map(repr, missing))))
-        self.check_health()
-        self.lifecycle.require(Trigger.RUN, "%dip --push")
         cluster = self._cluster
         assert cluster is not None
         values = {name: namespace[name] for name in names}

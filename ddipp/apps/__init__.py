@@ -53,11 +53,13 @@ APPS: dict[str, App] = {
     app.name: app
     for app in (
         App(
-            "torch",
-            "plain PyTorch: torch and torch.distributed (as dist) imported, nothing patched",
-            rank_setup="import torch\nimport torch.distributed as dist\n",
+            "fastai_v1",
+            "fastai 1.x (course-v3 API): fastai imported on every rank",
+            rank_setup="import fastai\n",
+            library="fastai",
+            major=1,
+            requirement="fastai==1.0.61 pandas==1.5.3 'numpy<2' 'setuptools<70' 'spacy>=3,<4'",
         ),
-        App("none", "nothing imported or patched on the ranks"),
         App(
             "fastai",
             "fastai 2.x: fastai imported on every rank",
@@ -67,13 +69,11 @@ APPS: dict[str, App] = {
             requirement="'fastai>=2.7,<3' accelerate",
         ),
         App(
-            "fastai_v1",
-            "fastai 1.x (course-v3 API): fastai imported on every rank",
-            rank_setup="import fastai\n",
-            library="fastai",
-            major=1,
-            requirement="fastai==1.0.61 pandas==1.5.3 'numpy<2' 'setuptools<70' 'spacy>=3,<4'",
+            "torch",
+            "plain PyTorch: torch and torch.distributed (as dist) imported, nothing patched",
+            rank_setup="import torch\nimport torch.distributed as dist\n",
         ),
+        App("none", "nothing imported or patched on the ranks"),
     )
 }
 

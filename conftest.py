@@ -1,0 +1,29 @@
+"""pytest options of ddipp: `--run-notebooks` and `--run-slow` opt in to the real-process tiers."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ddipp", "ddipp's test tiers")
+    group.addoption(
+        "--run-notebooks",
+        action="store_true",
+        default=False,
+        help="also execute every notebook in tests/notebooks/ through nbclient on a real kernel",
+    )
+    group.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="also run tests that start real CPU ranks in this process",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tiers = {"notebook": "--run-notebooks", "slow": "--run-slow"}
+    for item in items:
+        for marker, option in tiers.items():
+            if marker in item.keywords and not config.getoption(option):
+                item.add_marker(pytest.mark.skip(reason=f"needs {option}"))

@@ -1,0 +1,257 @@
+"""Hypothesis fuzzes sequences of magics against the transition table as its model.
+
+The same state machine drives a fake group (hundreds of sequences in seconds) and, in the
+slow tier, real CPU ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, note, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from ddipp.errors import DdippError, InvalidSequence, LaunchFailed, PullError, PushError
+from ddipp.fsm import State, Trigger, next_state
+from ddipp.magics import DipMagics
+from ddipp.session import DipSession
+from tests.fakes import FakeProcessTable, FakeRanks
+from tests.processes import descendants_alive, wait_until_dead
+
+VALID_STARTS = ["-n 1 -a torch", "-n 2 -a torch", "-n 3 -a none", "-n 2 -a torch --verbose False"]
+INVALID_STARTS = [
+    "-n 0",
+    "-n two -a torch",
+    "-n 2 -a nosuch",
+    "-g 99 -a torch",
+    "-n 2 --backend nccl",
+    "--bogus",
+    "-n 2 -g 0",
+    "--kill -n 2",
+    "--kill --restart",
+    "-n 2 -t -1",
+]
+DOCUMENTED_ERRORS = (UsageError, DdippError)
+LOCAL_VALUES = {"a": 1, "b": [1, 2, 3], "c": {"k": "v"}}
+
+
+def make_shell() -> InteractiveShell:
+    shell = InteractiveShell.instance()
+    shell.user_ns.update(LOCAL_VALUES, lock=threading.Lock())
+    return shell
+
+
+class MagicSequences(RuleBasedStateMachine):
+    """Rules act on the real session through IPython and on the table-driven model."""
+
+    real = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = FakeProcessTable()
+        factory = (
+            (lambda: __import__("ddipp.cluster").cluster.IpyparallelRanks())
+            if self.real
+            else (lambda: FakeRanks(self.table))
+        )
+        self.session = DipSession(cluster_factory=factory, say=lambda text: None)
+        self.shell = make_shell()
+        self.shell.register_magics(DipMagics(self.shell, self.session))
+        self.state = State.IDLE
+        self.remote: dict[str, object] = {}
+        self.world_size = 0
+        self.rank_died = False
+        self.counter = 0
+
+    # --- the model -----------------------------------------------------------------
+
+    def notice_deaths(self) -> None:
+        """Every ddipp magic first notices ranks that died: a running group fails."""
+        if self.rank_died and self.state is State.PATCHED:
+            self.state = State.FAILED
+        self.rank_died = False
+
+    def expect(self, trigger: Trigger, action, on_success) -> None:
+        self.notice_deaths()
+        allowed = next_state(self.state, trigger) is not None
+        note(f"{trigger.value} in {self.state.value}: {'allowed' if allowed else 'rejected'}")
+        if not allowed:
+            with pytest.raises(InvalidSequence):
+                action()
+            return
+        action()
+        on_success()
+
+    # --- rules -----------------------------------------------------------------------
+
+    @rule(flags=st.sampled_from(VALID_STARTS))
+    def start(self, flags: str) -> None:
+        def started() -> None:
+            self.state = State.PATCHED
+            self.remote = {}
+            self.world_size = int(flags.split()[1])
+
+        self.expect(Trigger.START, lambda: self.shell.run_line_magic("makedip", flags), started)
+
+    @rule(flags=st.sampled_from(INVALID_STARTS))
+    def start_with_bad_flags(self, flags: str) -> None:
+        self.notice_deaths()
+        with pytest.raises(DOCUMENTED_ERRORS):
+            self.shell.run_line_magic("makedip", flags)
+
+    @precondition(lambda self: not self.real)
+    @rule()
+    def start_that_fails(self) -> None:
+        self.table.fail_next_start = True
+        self.notice_deaths()
+        if next_state(self.state, Trigger.START) is None:
+            with pytest.raises(InvalidSequence):
+                self.shell.run_line_magic("makedip", "-n 2 -a torch")
+            self.table.fail_next_start = False
+            return
+        with pytest.raises(LaunchFailed):
+            self.shell.run_line_magic("makedip", "-n 2 -a torch")
+        self.state = State.IDLE
+
+    @rule()
+    def kill(self) -> None:
+        def killed() -> None:
+            self.state = State.IDLE
+            self.remote = {}
+
+        self.expect(Trigger.KILL, lambda: self.shell.run_line_magic("makedip", "--kill"), killed)
+
+    @rule()
+    def restart(self) -> None:
+        def restarted() -> None:
+            self.state = State.PATCHED
+            self.remote = {}
+
+        self.expect(Trigger.RESTART, lambda: self.shell.run_line_magic("makedip", "--restart"), restarted)
+
+    @rule(names=st.lists(st.sampled_from([*LOCAL_VALUES, "undefined_name", "lock"]), min_size=1, max_size=3))
+    def push(self, names: list[str]) -> None:
+        bad = [n for n in names if n not in LOCAL_VALUES]
+        self.notice_deaths()
+        run = lambda: self.shell.run_line_magic("dip", "--push " + " ".join(names))  # noqa: E731
+        if next_state(self.state, Trigger.RUN) is None:
+            with pytest.raises(InvalidSequence):
+                run()
+        elif bad:
+            with pytest.raises(PushError):
+                run()
+        else:
+            run()
+            self.remote.update({n: LOCAL_VALUES[n] for n in names})
+
+    @rule(name=st.sampled_from([*LOCAL_VALUES, "v", "never_defined"]), rank=st.integers(0, 2))
+    def pull(self, name: str, rank: int) -> None:
+        self.notice_deaths()
+        self.shell.user_ns.pop("v", None)
+        run = lambda: self.shell.run_line_magic("dip", f"--pull {name} --rank {rank}")  # noqa: E731
+        if next_state(self.state, Trigger.RUN) is None:
+            with pytest.raises(InvalidSequence):
+                run()
+        elif rank >= self.world_size:
+            with pytest.raises(InvalidSequence):
+                run()
+        elif name not in self.remote:
+            with pytest.raises(PullError):
+                run()
+        else:
+            run()
+            assert self.shell.user_ns[name] == self.remote[name]
+        self.shell.user_ns.update(LOCAL_VALUES)
+
+    @rule(raises=st.booleans())
+    def cell(self, raises: bool) -> None:
+        self.counter += 1
+        value = self.counter
+        code = f"v = {value}\n" + ("raise ValueError('planned')\n" if raises else "")
+        self.notice_deaths()
+        run = lambda: self.shell.run_cell_magic("dip", "--quiet", code)  # noqa: E731
+        if next_state(self.state, Trigger.RUN) is None:
+            with pytest.raises(InvalidSequence):
+                run()
+            return
+        if raises:
+            with pytest.raises(DdippError):
+                run()
+        else:
+            run()
+        self.remote["v"] = value
+
+    @rule()
+    def status(self) -> None:
+        self.notice_deaths()
+        self.shell.run_line_magic("dipstatus", "")
+
+    @precondition(lambda self: self.state is State.PATCHED and not self.rank_died)
+    @rule(rank=st.integers(0, 2))
+    def a_rank_dies(self, rank: int) -> None:
+        info = self.session.cluster.ranks[rank % self.world_size]
+        if self.real:
+            os.kill(info.pid, signal.SIGKILL)
+            wait_until_dead(info.pid)
+        else:
+            self.table.kill(info.pid)
+        self.rank_died = True
+
+    # --- invariants ------------------------------------------------------------------
+
+    @invariant()
+    def the_state_matches_the_model(self) -> None:
+        assert self.session.state is self.state
+
+    @invariant()
+    def processes_exist_exactly_while_a_group_does(self) -> None:
+        has_group = self.state in (State.PATCHED, State.FAILED)
+        assert (self.session.cluster is not None) == has_group
+        if self.real:
+            if not has_group:
+                assert descendants_alive() == []
+        else:
+            owned = self.session.cluster.pids() if has_group else frozenset()
+            assert self.table.alive == owned
+            assert bool(owned) == has_group
+
+    @invariant()
+    def every_rank_holds_what_was_sent(self) -> None:
+        if self.real or self.state is not State.PATCHED:
+            return
+        for namespace in self.session.cluster.namespaces:
+            for name, value in self.remote.items():
+                assert namespace[name] == value
+
+    def teardown(self) -> None:
+        self.session.shutdown()
+        if self.real:
+            assert descendants_alive() == []
+
+
+class RealMagicSequences(MagicSequences):
+    real = True
+
+
+TestMagicSequencesOnAFakeGroup = MagicSequences.TestCase
+TestMagicSequencesOnAFakeGroup.settings = settings(
+    max_examples=300,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+TestMagicSequencesOnRealRanks = pytest.mark.slow(RealMagicSequences.TestCase)
+TestMagicSequencesOnRealRanks.settings = settings(
+    max_examples=4,
+    stateful_step_count=10,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)

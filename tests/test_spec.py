@@ -1,0 +1,98 @@
+"""`%makedip` flags resolved into a group spec, and every way to get them wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from ddipp.apps import AppUnavailable, default_app, get_app
+from ddipp.spec import SpecError, parse_gpu_list, plan_group
+
+
+def no_gpus() -> int:
+    return 0
+
+
+def four_gpus() -> int:
+    return 4
+
+
+def test_cpu_ranks_use_gloo_and_no_devices():
+    spec, notices = plan_group(n="3", app="torch", visible_gpus=no_gpus)
+    assert spec.devices == (None, None, None)
+    assert spec.backend == "gloo" and spec.world_size == 3 and notices == []
+
+
+def test_gpu_list_keeps_the_order_given_and_uses_nccl():
+    spec, _ = plan_group(gpus="3 1", app="torch", visible_gpus=four_gpus)
+    assert spec.devices == (3, 1) and spec.backend == "nccl"
+
+
+@pytest.mark.parametrize("text", ["0,1,3", "0 1 3", '"0 1 3"', "[0, 1, 3]"])
+def test_gpu_lists_are_read_in_every_documented_spelling(text):
+    assert parse_gpu_list(text) == (0, 1, 3)
+
+
+def test_all_gpus_without_gpus_falls_back_to_cpu_with_a_notice():
+    spec, notices = plan_group(gpus="all", app="torch", visible_gpus=no_gpus)
+    assert spec.devices[0] is None and spec.backend == "gloo"
+    assert len(notices) == 1 and "no GPU is visible" in notices[0]
+
+
+def test_no_flags_means_all_gpus():
+    spec, _ = plan_group(app="torch", visible_gpus=four_gpus)
+    assert spec.devices == (0, 1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"n": "0"}, "at least 1"),
+        ({"n": "-2"}, "at least 1"),
+        ({"n": "two"}, "whole number"),
+        ({"n": "2.5"}, "whole number"),
+        ({"gpus": "0", "n": "2"}, "not both"),
+        (
+            {"gpus": "7", "visible": four_gpus},
+            "GPU 7 is not visible; this machine shows 4 GPU(s): 0, 1, 2, 3",
+        ),
+        ({"gpus": "0"}, "no GPU is visible"),
+        ({"gpus": "0,0", "visible": four_gpus}, "twice"),
+        ({"gpus": "zero", "visible": four_gpus}, "GPU ids"),
+        ({"n": "2", "backend": "nccl"}, "needs GPU ranks"),
+        ({"n": "2", "backend": "carrier-pigeon"}, "is not one of"),
+        ({"n": "2", "timeout": "0"}, "positive number"),
+        ({"n": "2", "timeout": "soon"}, "positive number"),
+    ],
+)
+def test_bad_flags_are_rejected_with_a_message_that_says_what_to_do(kwargs, words):
+    visible = kwargs.pop("visible", no_gpus)
+    with pytest.raises(SpecError) as raised:
+        plan_group(app="torch", visible_gpus=visible, **kwargs)
+    assert words in str(raised.value)
+
+
+def test_unknown_app_lists_the_choices():
+    with pytest.raises(AppUnavailable) as raised:
+        plan_group(n="2", app="tensorflow", visible_gpus=no_gpus)
+    assert "fastai_v1, fastai, torch, none" in str(raised.value)
+
+
+def test_an_app_whose_library_is_missing_says_what_to_install(monkeypatch):
+    monkeypatch.setattr("ddipp.apps.installed_version", lambda name: None)
+    with pytest.raises(AppUnavailable) as raised:
+        get_app("fastai")
+    assert "it is not installed" in str(raised.value) and "pip install" in str(raised.value)
+
+
+def test_an_app_of_the_other_major_version_names_the_installed_one(monkeypatch):
+    monkeypatch.setattr("ddipp.apps.installed_version", lambda name: "2.8.12")
+    with pytest.raises(AppUnavailable) as raised:
+        get_app("fastai_v1")
+    assert "fastai 2.8.12 is installed" in str(raised.value)
+    assert "fastai==1.0.61" in str(raised.value)
+
+
+@pytest.mark.parametrize(("version", "app"), [(None, "torch"), ("1.0.61", "fastai_v1"), ("2.8.12", "fastai")])
+def test_the_default_app_follows_the_installed_fastai(monkeypatch, version, app):
+    monkeypatch.setattr("ddipp.apps.installed_version", lambda name: version)
+    assert default_app() == app
