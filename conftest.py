@@ -27,3 +27,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, option in tiers.items():
             if marker in item.keywords and not config.getoption(option):
                 item.add_marker(pytest.mark.skip(reason=f"needs {option}"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_ipython_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Connection files of the clusters that tests start go to a folder of this run alone."""
+    import os
+
+    previous = os.environ.get("IPYTHONDIR")
+    os.environ["IPYTHONDIR"] = str(tmp_path_factory.mktemp("ipython"))
+    yield
+    if previous is None:
+        os.environ.pop("IPYTHONDIR", None)
+    else:
+        os.environ["IPYTHONDIR"] = previous

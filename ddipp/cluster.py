@@ -311,12 +311,16 @@ class IpyparallelRanks:
 
     def _engine_returncode(self, pid: int) -> int | None:
         """The exit status of the engine process `pid` if it has ended, else None."""
-        launchers = [] if self._cluster is None else [
-            launcher
-            for engine_set in self._cluster.engines.values()
-            for launcher in engine_set.launchers.values()
-            if launcher.process is not None and launcher.process.pid == pid
-        ]
+        launchers = (
+            []
+            if self._cluster is None
+            else [
+                launcher
+                for engine_set in self._cluster.engines.values()
+                for launcher in engine_set.launchers.values()
+                if launcher.process is not None and launcher.process.pid == pid
+            ]
+        )
         if not launchers:
             return None
         launcher = launchers[0]
@@ -368,6 +372,9 @@ class IpyparallelRanks:
                 pass  # best effort: the processes are stopped below either way
         if self._client is not None:
             self._client.close()
+        if self._cluster is not None:
+            # Ranks ended on purpose exit non-zero; ipyparallel would then dump their logs.
+            self._cluster.log.setLevel(logging.ERROR)
         # The ranks have left the group: end them (and the nannies that would otherwise
         # linger for seconds) by pid, then let ipyparallel stop its controller.
         _end_processes(family, STOP_GRACE_S)

@@ -1,0 +1,66 @@
+"""Every notebook in tests/notebooks/ on a real kernel with real CPU ranks, checked cell by cell."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ddipp.notebooks import cell_text, execute_notebook
+from tests.processes import TAG_VARIABLE, tagged_processes, wait_until_gone
+
+NOTEBOOKS = sorted((Path(__file__).parent / "notebooks").glob("*.ipynb"))
+# The kernel and everything it started must be gone this long after the kernel shuts down.
+CLEAN_UP_S = 10
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook(path, tmp_path, monkeypatch):
+    tag = uuid.uuid4().hex
+    env = dict(__import__("os").environ, **{TAG_VARIABLE: tag, "IPYTHONDIR": str(tmp_path / "ipython")})
+    notebook = execute_notebook(path, tmp_path / path.name, env=env)
+
+    checked = 0
+    for index, cell in enumerate(notebook.cells):
+        expect = cell.get("metadata", {}).get("ddipp_expect")
+        if cell.cell_type != "code" or not expect:
+            continue
+        checked += 1
+        where = f"{path.name} cell {index}: {cell.source.splitlines()[0]!r}"
+        errors = [o for o in cell.outputs if o["output_type"] == "error"]
+        if "ename" in expect:
+            count = expect.get("error_count", 1)
+            assert len(errors) == count, f"{where} should show {count} error(s), ending in {expect['ename']}"
+            assert errors[-1]["ename"] == expect["ename"], where
+            assert expect["evalue_contains"] in errors[-1]["evalue"], (where, errors[-1]["evalue"])
+        else:
+            assert errors == [], where
+        text = cell_text(cell)
+        for wanted in expect.get("output_contains", []):
+            assert wanted in text, (where, text)
+        for unwanted in expect.get("output_lacks", []):
+            assert unwanted not in text, (where, text)
+    assert checked, f"{path.name} has no cell with expectations"
+
+    left = wait_until_gone(tag, CLEAN_UP_S)
+    assert left == [], [(p.pid, p.cmdline()) for p in left]
+
+
+def test_the_tag_finds_a_tagged_child_process(tmp_path):
+    """The leftover check itself can fail: a tagged process is found until it ends."""
+    import os
+    import subprocess
+    import sys
+
+    tag = uuid.uuid4().hex
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], env=dict(os.environ, **{TAG_VARIABLE: tag})
+    )
+    try:
+        assert [p.pid for p in tagged_processes(tag)] == [child.pid]
+    finally:
+        child.kill()
+        child.wait()
+    assert tagged_processes(tag) == []
