@@ -323,18 +323,24 @@ class IpyparallelRanks:
         )
         if not launchers:
             return None
-        launcher = launchers[0]
-        try:
-            return launcher.process.wait(timeout=0)
-        except psutil.TimeoutExpired:
+        process = launchers[0].process
+        if _is_alive(process):
             return None
-        except psutil.NoSuchProcess:
-            pass
-        # ipyparallel's own watcher reaped it first; it reports the status on its loop.
+        # ipyparallel's watcher thread reaps its engines, and psutil keeps the status it got on
+        # the shared Process object. Reaping here too would race it (the loser gets no status),
+        # so wait for the pid to be reaped, then read the kept status.
         deadline = time.monotonic() + EXIT_STATUS_WAIT_S
-        while (launcher.stop_data or {}).get("exit_code") is None and time.monotonic() < deadline:
+        while psutil.pid_exists(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(5):
+            try:
+                status = process.wait(timeout=0)
+            except (psutil.TimeoutExpired, psutil.NoSuchProcess):
+                status = None
+            if status is not None:
+                return status
             time.sleep(0.02)
-        return (launcher.stop_data or {}).get("exit_code")
+        return None
 
     def memory(self) -> list[dict]:
         from . import rank as rank_side

@@ -6,6 +6,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from .cells import Route, route_cell
 from .display import NotebookSink
 from .errors import LocalRunFailed
 from .fsm import Trigger
@@ -23,6 +24,7 @@ FLAGS_WITH_STOP = (
     "%makedip --{action} takes no other flags (found {flags}); --restart reuses the group's settings"
 )
 LOCAL_FAILED = "%%dip --to both: the local run failed, so the ranks were not run"
+AUTODIP_USAGE = "%autodip takes on [%%dip flags], off, or nothing (to show the mode), not {line!r}"
 
 
 def parse_bool(value: str) -> bool:
@@ -81,13 +83,28 @@ def _dip_cell_flags(line):
     """%%dip [--to remote|local|both] [--see RANKS|all] [--quiet] [--timeout S]"""
 
 
+class AutodipTransformer:
+    """An `input_transformers_cleanup` entry: under autodip, a plain cell becomes `%%dip flags`."""
+
+    def __init__(self, session: DipSession) -> None:
+        self.session = session
+        self.suspended = False
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        autodip = self.session.autodip
+        if self.suspended or not autodip.is_on or route_cell(lines) is not Route.REMOTE:
+            return lines
+        return [f"%%dip {autodip.flags}".rstrip() + "\n", *lines]
+
+
 @magics_class
 class DipMagics(Magics):
-    """`%makedip`, `%dip`/`%%dip` and `%dipstatus`."""
+    """`%makedip`, `%dip`/`%%dip`, `%autodip` and `%dipstatus`."""
 
-    def __init__(self, shell, session: DipSession) -> None:
+    def __init__(self, shell, session: DipSession, transformer: AutodipTransformer | None = None) -> None:
         super().__init__(shell)
         self.session = session
+        self.transformer = transformer or AutodipTransformer(session)
 
     @magic_arguments()
     @argument(
@@ -178,14 +195,40 @@ class DipMagics(Magics):
         see = parse_ranks(args.see)
         timeout = parse_seconds(args.timeout)
         if args.to == "local":
-            self.shell.run_cell(cell, store_history=False)
+            self._run_locally(cell)
             return None
         if args.to == "both":
             self.session.lifecycle.require(Trigger.RUN, "%%dip --to both")
-            outcome = self.shell.run_cell(cell, store_history=False)
-            if not outcome.success:
+            if not self._run_locally(cell):
                 raise LocalRunFailed(LOCAL_FAILED)
         return self.session.run_cell(cell, NotebookSink(), see=see, quiet=args.quiet, timeout=timeout)
+
+    def _run_locally(self, cell: str) -> bool:
+        """Run `cell` in the notebook, as a cell of its own but without autodip; True if it passed."""
+        self.transformer.suspended = True
+        try:
+            return self.shell.run_cell(cell, store_history=False).success
+        finally:
+            self.transformer.suspended = False
+
+    @line_magic
+    def autodip(self, line: str) -> None:
+        """%autodip on [%%dip flags] | %autodip off | %autodip: run every cell on the ranks, or not."""
+        self.session.check_health()
+        mode, _, flags = line.strip().partition(" ")
+        flags = flags.strip()
+        if not mode:
+            print(self.session.autodip.describe())
+        elif mode == "on":
+            args = parse_argstring(_dip_cell_flags, flags)
+            parse_seconds(args.timeout)
+            self.session.autodip_on(flags, parse_ranks(args.see))
+            print(f"ddipp: {self.session.autodip.describe()} (#dip_locally keeps a cell here)")
+        elif mode == "off" and not flags:
+            if self.session.autodip_off():
+                print("ddipp: autodip is off")
+        else:
+            raise UsageError(AUTODIP_USAGE.format(line=line))
 
     @line_magic
     def dipstatus(self, line: str) -> None:
@@ -193,3 +236,4 @@ class DipMagics(Magics):
         if line.strip():
             raise UsageError("%dipstatus takes no arguments")
         print(self.session.status().render())
+        print(self.session.autodip.describe())

@@ -11,7 +11,7 @@ from typing import Any
 from .apps import get_app
 from .cluster import IpyparallelRanks, RankCluster, RankInfo
 from .errors import CellTimeout, GroupFailed, InvalidSequence, LaunchFailed, PushError
-from .fsm import GroupLifecycle, State, Trigger
+from .fsm import GROUP_TRIGGERS_THAT_END_AUTODIP, Autodip, GroupLifecycle, State, Trigger
 from .router import OutputRouter, RankMessage, RankResult, Sink
 from .spec import GroupSpec
 
@@ -26,6 +26,12 @@ RANK_DIED = "rank {rank} (pid {pid}) died: {how}"
 GROUP_BROKEN_ADVICE = "Use %makedip --restart for a fresh group, or %makedip --kill."
 CELL_TIMED_OUT = "%%dip: the cell ran past --timeout {timeout:g} s on the ranks"
 INTERRUPT_IGNORED = "the ranks did not stop within {grace:g} s of the interrupt"
+AUTODIP_ENDED = {
+    Trigger.KILL: "ddipp: autodip is off: the group was stopped",
+    Trigger.GROUP_BROKEN: "ddipp: autodip is off: the group failed",
+    Trigger.LAUNCH_FAILED: "ddipp: autodip is off: the group did not start again",
+    Trigger.PATCH_FAILED: "ddipp: autodip is off: the group did not start again",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,9 @@ class DipSession:
         self._cluster_factory = cluster_factory
         self._cluster: RankCluster | None = None
         self._say = say
+        self.autodip = Autodip()
         self.lifecycle.listeners.append(self._report_step)
+        self.lifecycle.listeners.append(self._end_autodip_with_group)
 
     @property
     def state(self) -> State:
@@ -230,12 +238,8 @@ class DipSession:
         """Run `code` on every rank, routing output live; raise if any rank raised."""
         self.lifecycle.require(Trigger.RUN, "%%dip")
         assert self.spec is not None
+        self._check_ranks(see, "%%dip --see")
         shown = frozenset(range(self.spec.world_size)) if see is None else see
-        for rank in shown:
-            if rank >= self.spec.world_size:
-                raise InvalidSequence(
-                    BAD_RANK.format(magic="%%dip --see", rank=rank, last=self.spec.world_size - 1)
-                )
         cluster = self._begin("%%dip")
         router = OutputRouter(sink, shown, quiet)
         messages: queue.SimpleQueue[RankMessage] = queue.SimpleQueue()
@@ -274,6 +278,29 @@ class DipSession:
         if cluster is not None and self.state is State.PATCHED and not dead:
             memory = tuple(cluster.memory())
         return Status(self.state, self.spec, ranks, dead, self.lifecycle.reason, memory)
+
+    # --- autodip -------------------------------------------------------------------------
+
+    def autodip_on(self, flags: str, see: frozenset[int] | None) -> None:
+        """Run every plain cell as `%%dip flags` from now on; needs a running group."""
+        self.check_health()
+        self.lifecycle.require(Trigger.RUN, "%autodip on")
+        self._check_ranks(see, "%autodip on --see")
+        self.autodip.enable(flags)
+
+    def autodip_off(self) -> bool:
+        """Cells run in the notebook again; True if autodip was on."""
+        return self.autodip.disable()
+
+    def _end_autodip_with_group(self, source: State, dest: State, trigger: Trigger) -> None:
+        if trigger in GROUP_TRIGGERS_THAT_END_AUTODIP and self.autodip.end_with_group():
+            self._say(AUTODIP_ENDED[trigger])
+
+    def _check_ranks(self, ranks: frozenset[int] | None, magic: str) -> None:
+        assert self.spec is not None
+        for rank in sorted(ranks or ()):
+            if rank >= self.spec.world_size:
+                raise InvalidSequence(BAD_RANK.format(magic=magic, rank=rank, last=self.spec.world_size - 1))
 
     def _report_step(self, source: State, dest: State, trigger: Trigger) -> None:
         if self.spec is not None and self.spec.verbose and trigger not in (Trigger.RUN, Trigger.CELL_DONE):

@@ -19,7 +19,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from ddipp.errors import DdippError, InvalidSequence, LaunchFailed, PullError, PushError
 from ddipp.fsm import State, Trigger, next_state
-from ddipp.magics import DipMagics
+from ddipp.magics import AutodipTransformer, DipMagics
 from ddipp.session import DipSession
 from tests.fakes import FakeProcessTable, FakeRanks
 from tests.processes import descendants_alive, wait_until_dead
@@ -62,8 +62,11 @@ class MagicSequences(RuleBasedStateMachine):
         )
         self.session = DipSession(cluster_factory=factory, say=lambda text: None)
         self.shell = make_shell()
-        self.shell.register_magics(DipMagics(self.shell, self.session))
+        self.transformer = AutodipTransformer(self.session)
+        self.shell.register_magics(DipMagics(self.shell, self.session, self.transformer))
+        self.shell.input_transformers_cleanup.append(self.transformer)
         self.state = State.IDLE
+        self.autodip = False
         self.remote: dict[str, object] = {}
         self.world_size = 0
         self.rank_died = False
@@ -75,6 +78,7 @@ class MagicSequences(RuleBasedStateMachine):
         """Every ddipp magic first notices ranks that died: a running group fails."""
         if self.rank_died and self.state is State.PATCHED:
             self.state = State.FAILED
+            self.autodip = False
         self.rank_died = False
 
     def expect(self, trigger: Trigger, action, on_success) -> None:
@@ -124,6 +128,7 @@ class MagicSequences(RuleBasedStateMachine):
         def killed() -> None:
             self.state = State.IDLE
             self.remote = {}
+            self.autodip = False
 
         self.expect(Trigger.KILL, lambda: self.shell.run_line_magic("makedip", "--kill"), killed)
 
@@ -187,6 +192,56 @@ class MagicSequences(RuleBasedStateMachine):
             run()
         self.remote["v"] = value
 
+    @rule(
+        flags=st.sampled_from(["", "--quiet", "--see all", "--see 0", "--see 7", "--timeout 30", "--bogus"])
+    )
+    def autodip_on(self, flags: str) -> None:
+        if flags == "--bogus":
+            self.notice_deaths()
+            with pytest.raises(UsageError):
+                self.shell.run_line_magic("autodip", f"on {flags}")
+            return
+
+        def turned_on() -> None:
+            if flags == "--see 7":
+                raise AssertionError("--see 7 names no rank of these groups and must be rejected")
+            self.autodip = True
+
+        action = lambda: self.shell.run_line_magic("autodip", f"on {flags}")  # noqa: E731
+        if flags == "--see 7" and next_state(self.state, Trigger.RUN) is not None:
+            self.notice_deaths()
+            if self.state is State.PATCHED:
+                with pytest.raises(InvalidSequence, match="rank 7 does not exist"):
+                    action()
+                return
+        self.expect(Trigger.RUN, action, turned_on)
+
+    @rule()
+    def autodip_off(self) -> None:
+        self.notice_deaths()
+        self.shell.run_line_magic("autodip", "off")
+        self.autodip = False
+
+    @rule(local_marker=st.booleans())
+    def plain_cell(self, local_marker: bool) -> None:
+        self.counter += 1
+        self.shell.user_ns.pop("marker", None)
+        code = ("#dip_locally\n" if local_marker else "") + f"marker = {self.counter}\n"
+        goes_remote = self.autodip and not local_marker
+        if goes_remote:  # a local cell touches no ddipp magic, so notices nothing
+            self.notice_deaths()
+        outcome = self.shell.run_cell(code, store_history=False)
+        note(f"plain cell {'remote' if goes_remote else 'local'}: {code!r}")
+        if not goes_remote:
+            assert outcome.success
+            assert self.shell.user_ns["marker"] == self.counter
+        elif self.state is not State.PATCHED:
+            assert isinstance(outcome.error_in_exec, InvalidSequence)
+        else:
+            assert outcome.success, outcome.error_in_exec
+            assert "marker" not in self.shell.user_ns
+            self.remote["marker"] = self.counter
+
     @rule()
     def status(self) -> None:
         self.notice_deaths()
@@ -222,6 +277,12 @@ class MagicSequences(RuleBasedStateMachine):
             assert bool(owned) == has_group
 
     @invariant()
+    def autodip_matches_the_model_and_needs_a_group(self) -> None:
+        assert self.session.autodip.is_on == self.autodip
+        if self.autodip:
+            assert self.state is State.PATCHED
+
+    @invariant()
     def every_rank_holds_what_was_sent(self) -> None:
         if self.real or self.state is not State.PATCHED:
             return
@@ -230,6 +291,7 @@ class MagicSequences(RuleBasedStateMachine):
                 assert namespace[name] == value
 
     def teardown(self) -> None:
+        self.shell.input_transformers_cleanup.remove(self.transformer)
         self.session.shutdown()
         if self.real:
             assert descendants_alive() == []
