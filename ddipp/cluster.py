@@ -66,6 +66,10 @@ class CellRun(Protocol):
 
     def interrupt(self) -> None: ...
 
+    def finished_ranks(self) -> set[int]:
+        """Ranks whose execution has ended (successfully or not)."""
+        ...
+
 
 class RankCluster(Protocol):
     """What the session needs of a group of rank processes; a fake one serves the fuzzer."""
@@ -83,6 +87,14 @@ class RankCluster(Protocol):
     def push(self, namespace: dict[str, Any]) -> None: ...
 
     def pull(self, names: list[str], rank: int) -> list[Any]: ...
+
+    def release(self, ranks: list[int]) -> None:
+        """Take `ranks` out of the process group so no peer waits for them."""
+        ...
+
+    def reform(self) -> None:
+        """Form the process group again on every rank (same ranks, devices, backend)."""
+        ...
 
     def dead_ranks(self) -> list[RankDeath]: ...
 
@@ -143,6 +155,9 @@ class IpyparallelCellRun:
                 found[rank] = (ename, evalue, traceback.splitlines())
         return found
 
+    def finished_ranks(self) -> set[int]:
+        return {rank for rank, child in enumerate(self._result._children) if child.done()}
+
     def interrupt(self) -> None:
         for pid in self._pids:
             try:
@@ -161,9 +176,11 @@ class IpyparallelRanks:
         self._view = None
         self._engine_ids: list[int] = []
         self._processes: list[psutil.Process] = []
+        self._spec: GroupSpec | None = None
 
     def start(self, spec: GroupSpec) -> list[RankInfo]:
         """Start the processes and form the group; on any failure stop all and raise."""
+        self._spec = spec
         try:
             self._launch(spec)
             self.ranks = self._form_group(spec)
@@ -208,6 +225,18 @@ class IpyparallelRanks:
         self._engine_ids = sorted(client.ids)[: spec.world_size]
         self._view = client[self._engine_ids]
         self._view.use_cloudpickle()
+
+    def release(self, ranks: list[int]) -> None:
+        from . import rank as rank_side
+
+        for rank in ranks:
+            # The rank has finished its cell, so this runs at once; no need to wait for it.
+            self._client[self._engine_ids[rank]].apply_async(rank_side.leave_group)
+
+    def reform(self) -> None:
+        if self._spec is None:
+            raise LaunchFailed("no group to re-form")
+        self.ranks = self._form_group(self._spec)
 
     def _form_group(self, spec: GroupSpec) -> list[RankInfo]:
         from . import rank as rank_side

@@ -1,11 +1,17 @@
-"""Execute notebooks on a real Jupyter kernel through nbclient: `python -m ddipp.notebooks NB`."""
+"""Execute notebooks on a real Jupyter kernel through nbclient: `python -m ddipp.notebooks NB`.
+
+`KernelSession` drives a kernel cell by cell as a notebook front end does, keeping every
+message with its arrival time (for tests of live output and for the benchmarks).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -39,6 +45,77 @@ def execute_notebook(
         if output is not None:
             nbformat.write(notebook, Path(output))
     return notebook
+
+
+@dataclass(frozen=True, slots=True)
+class CellMessages:
+    """What one executed cell sent back: iopub messages with arrival times (perf_counter), and the reply."""
+
+    sent_at: float
+    iopub: list[tuple[float, dict]]
+    reply: dict
+
+    @property
+    def finished_at(self) -> float:
+        """When the kernel went idle after the cell (the end of its output)."""
+        return self.iopub[-1][0]
+
+    @property
+    def status(self) -> str:
+        return self.reply["content"]["status"]
+
+    def text(self) -> str:
+        """All stream text, in arrival order."""
+        return "".join(m["content"]["text"] for _, m in self.iopub if m["msg_type"] == "stream")
+
+    def first_arrival(self, needle: str) -> float | None:
+        """When the first stream message containing `needle` arrived."""
+        for at, message in self.iopub:
+            if message["msg_type"] == "stream" and needle in message["content"]["text"]:
+                return at
+        return None
+
+
+class KernelSession:
+    """A `python3` kernel driven over jupyter_client, one cell at a time."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        from jupyter_client.manager import KernelManager
+
+        self._manager = KernelManager(kernel_name="python3")
+        self._manager.start_kernel(env=dict(env if env is not None else os.environ))
+        self._client = self._manager.client()
+        self._client.start_channels()
+        self._client.wait_for_ready(timeout=60)
+
+    def run(self, code: str, timeout: float = 120) -> CellMessages:
+        """Execute `code`; return once its final `idle` and its reply have arrived."""
+        client = self._client
+        sent_at = time.perf_counter()
+        msg_id = client.execute(code)
+        iopub: list[tuple[float, dict]] = []
+        while True:
+            message = client.get_iopub_msg(timeout=timeout)
+            if message["parent_header"].get("msg_id") != msg_id:
+                continue
+            iopub.append((time.perf_counter(), message))
+            if message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
+                break
+        while True:
+            reply = client.get_shell_msg(timeout=timeout)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return CellMessages(sent_at, iopub, reply)
+
+    def close(self) -> None:
+        """Shut the kernel down (as a front end does) and stop the channels."""
+        self._client.stop_channels()
+        self._manager.shutdown_kernel(now=False)
+
+    def __enter__(self) -> KernelSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def cell_text(cell: Mapping) -> str:

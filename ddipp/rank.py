@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from datetime import timedelta
+
+# How long a rank's stdout/stderr may hold text before sending it (ipykernel's default is 0.2 s):
+# output should reach the notebook within 100 ms of being written.
+OUTPUT_FLUSH_INTERVAL_S = 0.02
 
 
 def form_group(
@@ -28,6 +33,8 @@ def form_group(
     import torch
     import torch.distributed as dist
 
+    if dist.is_initialized():  # forming again after a rank left the group
+        dist.destroy_process_group()
     if gpu is not None:
         torch.cuda.set_device(gpu)
         device = f"cuda:{gpu}"
@@ -46,6 +53,9 @@ def form_group(
         world_size=world_size,
         **kwargs,
     )
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "flush_interval"):
+            stream.flush_interval = OUTPUT_FLUSH_INTERVAL_S
     return {"rank": rank, "pid": os.getpid(), "device": device, "host": socket.gethostname()}
 
 
@@ -59,8 +69,6 @@ def leave_group() -> None:
 
 def memory_in_use() -> dict:
     """This rank's resident memory and, on a GPU, the memory torch has allocated there."""
-    import sys
-
     import psutil
 
     info = {"rss_mb": psutil.Process().memory_info().rss / 2**20}

@@ -121,11 +121,11 @@ class OutputRouter:
         """One `RankError` for all failures, each distinct traceback once; None if none."""
         if not self._errors:
             return None
+        # In the order they arrived: the first failure is usually the cause of the others.
         failures = [
             (tuple(sorted(ranks)), ename, evalue, traceback)
             for ranks, ename, evalue, traceback in self._errors.values()
         ]
-        failures.sort(key=lambda failure: failure[0])
         return RankError(failures)
 
     def _label(self, rank: int) -> None:

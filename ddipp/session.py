@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .apps import get_app
-from .cluster import IpyparallelRanks, RankCluster, RankInfo
+from .cluster import CellRun, IpyparallelRanks, RankCluster, RankInfo
 from .errors import CellTimeout, GroupFailed, InvalidSequence, LaunchFailed, PushError
 from .fsm import GROUP_TRIGGERS_THAT_END_AUTODIP, Autodip, GroupLifecycle, State, Trigger
 from .router import OutputRouter, RankMessage, RankResult, Sink
@@ -17,6 +17,8 @@ from .spec import GroupSpec
 
 # The cluster wakes the loop when a cell ends; polling only bounds deadline checks.
 POLL_S = 0.1
+# How long a rank that raised may wait for the others before it is taken out of the group.
+RELEASE_GRACE_S = 0.5
 INTERRUPT_GRACE_S = 2.0
 
 UNDEFINED_NAMES = "%dip --push: {names} not defined in the notebook; nothing was pushed"
@@ -26,6 +28,11 @@ RANK_DIED = "rank {rank} (pid {pid}) died: {how}"
 GROUP_BROKEN_ADVICE = "Use %makedip --restart for a fresh group, or %makedip --kill."
 CELL_TIMED_OUT = "%%dip: the cell ran past --timeout {timeout:g} s on the ranks"
 INTERRUPT_IGNORED = "the ranks did not stop within {grace:g} s of the interrupt"
+REFORM_FAILED = "the process group could not be re-formed after rank(s) {ranks} failed: {error}"
+GROUP_REFORMED = (
+    "ddipp: rank(s) {ranks} failed while other ranks still ran; they left the process group so "
+    "that no rank waits for them, and the group was formed again"
+)
 AUTODIP_ENDED = {
     Trigger.KILL: "ddipp: autodip is off: the group was stopped",
     Trigger.GROUP_BROKEN: "ddipp: autodip is off: the group failed",
@@ -175,6 +182,18 @@ class DipSession:
         assert self._cluster is not None
         return self._cluster
 
+    def _reform_after(self, released: set[int]) -> str:
+        """Re-form the process group if ranks were released from it; the reason if that failed."""
+        if not released or self._cluster is None:
+            return ""
+        ranks = ", ".join(map(str, sorted(released)))
+        try:
+            self._cluster.reform()
+        except Exception as error:
+            return REFORM_FAILED.format(ranks=ranks, error=error)
+        self._say(GROUP_REFORMED.format(ranks=ranks))
+        return ""
+
     def _end(self, broken: str = "") -> None:
         if broken:
             self.lifecycle.fire(Trigger.GROUP_BROKEN, reason=broken)
@@ -243,14 +262,27 @@ class DipSession:
         cluster = self._begin("%%dip")
         router = OutputRouter(sink, shown, quiet)
         messages: queue.SimpleQueue[RankMessage] = queue.SimpleQueue()
+        released: set[int] = set()
+
+        def release(ranks: set[int]) -> None:
+            if ranks - released:
+                cluster.release(sorted(ranks - released))
+                released.update(ranks)
+
         run = cluster.submit(code, messages.put)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            finished = _pump(run, messages, router, deadline)
+            finished = _pump(run, messages, router, deadline, release, self.spec.world_size)
         except KeyboardInterrupt:
             run.interrupt()
-            stopped = _pump(run, messages, router, time.monotonic() + INTERRUPT_GRACE_S)
-            self._end(broken="" if stopped else INTERRUPT_IGNORED.format(grace=INTERRUPT_GRACE_S))
+            stopped = _pump(
+                run, messages, router, time.monotonic() + INTERRUPT_GRACE_S, release, self.spec.world_size
+            )
+            self._end(
+                broken=self._reform_after(released)
+                if stopped
+                else INTERRUPT_IGNORED.format(grace=INTERRUPT_GRACE_S)
+            )
             raise
         if not finished:
             self._end(broken=CELL_TIMED_OUT.format(timeout=timeout))
@@ -258,7 +290,7 @@ class DipSession:
         for rank, (ename, evalue, traceback) in run.failures().items():
             if rank not in router.failed_ranks:
                 router.add_failure(rank, ename, evalue, traceback)
-        self._end()
+        self._end(broken=self._reform_after(released))
         if self.state is State.FAILED:
             raise GroupFailed(f"{self.lifecycle.reason}. {GROUP_BROKEN_ADVICE}")
         error = router.error()
@@ -307,8 +339,21 @@ class DipSession:
             self._say(f"ddipp: {source.value} -> {dest.value} ({trigger.value})")
 
 
-def _pump(run, messages: queue.SimpleQueue, router: OutputRouter, deadline: float | None) -> bool:
-    """Route messages until `run` is done (True) or `deadline` passes (False)."""
+def _pump(
+    run: CellRun,
+    messages: queue.SimpleQueue,
+    router: OutputRouter,
+    deadline: float | None,
+    release: Callable[[set[int]], None],
+    world_size: int,
+) -> bool:
+    """Route messages until `run` is done (True) or `deadline` passes (False).
+
+    A rank that has raised and finished while others still run is released from the process
+    group at once, so peers waiting for it in a collective fail now instead of at the
+    backend's timeout.
+    """
+    waiting_since: float | None = None
     while True:
         if run.done():
             while True:
@@ -316,6 +361,14 @@ def _pump(run, messages: queue.SimpleQueue, router: OutputRouter, deadline: floa
                     router.feed(messages.get_nowait())
                 except queue.Empty:
                     return True
+        finished = run.finished_ranks()
+        failed_and_finished = router.failed_ranks & finished
+        if failed_and_finished and len(finished) < world_size:
+            # Others may just be finishing the same cell: give them a moment first.
+            now = time.monotonic()
+            waiting_since = now if waiting_since is None else waiting_since
+            if now - waiting_since >= RELEASE_GRACE_S:
+                release(failed_and_finished)
         if deadline is not None and time.monotonic() > deadline:
             return False
         try:

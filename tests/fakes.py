@@ -47,6 +47,12 @@ class FakeCellRun:
     def interrupt(self) -> None:
         pass
 
+    def finished_ranks(self) -> set[int]:
+        return set(range(self.world_size))
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+
 
 class FakeRanks:
     """Implements the session's `RankCluster` protocol without processes."""
@@ -56,6 +62,8 @@ class FakeRanks:
         self.ranks: list[RankInfo] = []
         self.namespaces: list[dict[str, Any]] = []
         self._pids: list[int] = []
+        self.released: list[int] = []
+        self.reformed = 0
 
     def start(self, spec: GroupSpec) -> list[RankInfo]:
         if self.table.fail_next_start:
@@ -95,7 +103,7 @@ class FakeRanks:
                 )
             if out.getvalue():
                 on_message(RankMessage(rank, "stream", {"name": "stdout", "text": out.getvalue()}))
-        return FakeCellRun()
+        return FakeCellRun(len(self.namespaces))
 
     def check_serializable(self, value: Any) -> None:
         pickle.dumps(value)
@@ -109,6 +117,12 @@ class FakeRanks:
         if missing:
             raise PullError(f"%dip --pull: name {missing[0]!r} is not defined on rank {rank}")
         return [self.namespaces[rank][n] for n in names]
+
+    def release(self, ranks: list[int]) -> None:
+        self.released.extend(ranks)
+
+    def reform(self) -> None:
+        self.reformed += 1
 
     def dead_ranks(self) -> list[RankDeath]:
         return [

@@ -42,10 +42,34 @@ def test_notebook(path, tmp_path, monkeypatch):
             assert wanted in text, (where, text)
         for unwanted in expect.get("output_lacks", []):
             assert unwanted not in text, (where, text)
+        for kind, wanted_parts in expect.get("mime_contains", {}).items():
+            found = _outputs_of_kind(cell, kind)
+            assert len(found) == 1, (where, kind, f"{len(found)} outputs")
+            for wanted in wanted_parts:
+                assert wanted in found[0], (where, kind, found[0])
+        if "max_seconds" in expect:
+            took = _seconds_taken(cell)
+            assert took < expect["max_seconds"], (where, f"took {took:.1f} s")
     assert checked, f"{path.name} has no cell with expectations"
 
     left = wait_until_gone(tag, CLEAN_UP_S)
     assert left == [], [(p.pid, p.cmdline()) for p in left]
+
+
+def _outputs_of_kind(cell, kind: str) -> list[str]:
+    """Texts of `cell`'s outputs of mime type `kind`, or of output type `execute_result`."""
+    if kind == "execute/result":
+        return [o["data"]["text/plain"] for o in cell.outputs if o["output_type"] == "execute_result"]
+    return [o["data"][kind] for o in cell.outputs if kind in o.get("data", {})]
+
+
+def _seconds_taken(cell) -> float:
+    from datetime import datetime
+
+    timing = cell.metadata["execution"]
+    started = datetime.fromisoformat(timing["iopub.execute_input"].replace("Z", "+00:00"))
+    ended = datetime.fromisoformat(timing["shell.execute_reply"].replace("Z", "+00:00"))
+    return (ended - started).total_seconds()
 
 
 def test_the_tag_finds_a_tagged_child_process(tmp_path):

@@ -120,3 +120,15 @@ def test_identical_tracebacks_of_several_ranks_are_one_block_naming_both():
 def test_no_failure_means_no_error():
     _, router = route([stream(0, "ok\n")])
     assert router.error() is None
+
+
+def test_failures_are_listed_in_the_order_they_arrived():
+    _, router = route(
+        [
+            RankMessage(1, "error", {"ename": "ValueError", "evalue": "cause", "traceback": []}),
+            RankMessage(
+                0, "error", {"ename": "RuntimeError", "evalue": "Connection closed by peer", "traceback": []}
+            ),
+        ]
+    )
+    assert [failure[1] for failure in router.error().failures] == ["ValueError", "RuntimeError"]
