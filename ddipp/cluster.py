@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import signal
-import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,13 +105,6 @@ class RankCluster(Protocol):
     def stop(self) -> None: ...
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free on `host` now, for the rendezvous store."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 def describe_exit(returncode: int | None) -> str:
     """`exit code 3` or `signal SIGKILL` for a finished process's return code."""
     if returncode is None:
@@ -201,30 +194,35 @@ class IpyparallelRanks:
             controller_ip=LOOPBACK,
             controller_args=CONTROLLER_ARGS,
             delay=0,
-            engine_timeout=math.ceil(spec.start_timeout),
+            engine_timeout=math.ceil(spec.timeout),
             log_level=logging.WARNING,
             # the session stops the group at exit itself, and waits for every process
             shutdown_atexit=False,
         )
         self._cluster = cluster
-        cluster.start_controller_sync()
+        cluster.start_controller_sync(controller_cmd=_guarded("ipyparallel.controller"))
         self._adopt(cluster.controller.process.pid)
         environment = {} if spec.on_gpus else {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        cluster.start_engines_sync(n=spec.world_size, environment=environment)
+        cluster.start_engines_sync(
+            n=spec.world_size, environment=environment, engine_cmd=_guarded("ipyparallel.engine")
+        )
         for engine_set in cluster.engines.values():
             for launcher in engine_set.launchers.values():
                 self._adopt(launcher.process.pid)
         client = self._client = cluster.connect_client_sync()
         try:
-            client.wait_for_engines(spec.world_size, timeout=spec.start_timeout, interactive=False)
+            client.wait_for_engines(spec.world_size, timeout=spec.timeout, interactive=False)
         except TimeoutError:
             raise LaunchFailed(
                 f"only {len(client.ids)} of {spec.world_size} ranks registered within "
-                f"{spec.start_timeout:g} s (raise it with %makedip -t SECONDS)"
+                f"{spec.timeout:g} s (raise it with %makedip -t SECONDS)"
             ) from None
         self._engine_ids = sorted(client.ids)[: spec.world_size]
         self._view = client[self._engine_ids]
         self._view.use_cloudpickle()
+        # ipyparallel writes the cluster file readable by all; it names the connection files.
+        if os.path.exists(cluster.cluster_file):
+            os.chmod(cluster.cluster_file, 0o600)
 
     def release(self, ranks: list[int]) -> None:
         from . import rank as rank_side
@@ -241,7 +239,7 @@ class IpyparallelRanks:
     def _form_group(self, spec: GroupSpec) -> list[RankInfo]:
         from . import rank as rank_side
 
-        port = free_port()
+        port = self._client[self._engine_ids[0]].apply_sync(rank_side.open_rendezvous, LOOPBACK)
         pending = [
             self._client[engine_id].apply_async(
                 rank_side.form_group,
@@ -251,17 +249,18 @@ class IpyparallelRanks:
                 port,
                 spec.backend,
                 spec.devices[rank],
+                spec.timeout,
             )
             for rank, engine_id in enumerate(self._engine_ids)
         ]
-        deadline = time.monotonic() + spec.start_timeout
+        deadline = time.monotonic() + spec.timeout
         infos = []
         for rank, result in enumerate(pending):
             remaining = max(0.0, deadline - time.monotonic())
             try:
                 info = result.get(timeout=remaining)
             except TimeoutError:
-                raise LaunchFailed(RENDEZVOUS_TIMEOUT.format(timeout=spec.start_timeout)) from None
+                raise LaunchFailed(RENDEZVOUS_TIMEOUT.format(timeout=spec.timeout)) from None
             except Exception as error:
                 raise LaunchFailed(RANK_DID_NOT_JOIN.format(rank=rank, error=error)) from error
             infos.append(RankInfo(rank, self._engine_ids[rank], info["pid"], info["device"], info["host"]))
@@ -423,6 +422,11 @@ class IpyparallelRanks:
         self._engine_ids = []
         self._processes = []
         self.ranks = []
+
+
+def _guarded(module: str) -> list[str]:
+    """The command that runs `module` under `ddipp.guard`, so it ends if the kernel dies."""
+    return [sys.executable, "-m", "ddipp.guard", module]
 
 
 def _end_processes(processes: list[psutil.Process], grace: float) -> None:

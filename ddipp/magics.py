@@ -127,7 +127,12 @@ class DipMagics(Magics):
         default=None,
         help="report each lifecycle step (bare --verbose means True)",
     )
-    @argument("-t", "--timeout", default=None, help="seconds to wait for the ranks to start")
+    @argument(
+        "-t",
+        "--timeout",
+        default=None,
+        help="seconds a rank waits for the others: to start, and in any collective (default 120)",
+    )
     @argument("--backend", default=None, help="torch.distributed backend (nccl on GPUs, gloo on CPU)")
     @argument("--restart", action="store_true", help="stop the group and start it again as it was")
     @argument("--kill", action="store_true", help="stop the group; nothing is left running")

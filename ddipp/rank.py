@@ -12,6 +12,37 @@ from datetime import timedelta
 OUTPUT_FLUSH_INTERVAL_S = 0.02
 
 
+# The listening socket of rank 0's rendezvous store, bound by `open_rendezvous` and handed to
+# the store in `form_group` (the store then owns it).
+_rendezvous_fd: int | None = None
+
+
+def open_rendezvous(host: str) -> int:
+    """Rank 0: listen on `host` at a free port for the rendezvous store; return the port.
+
+    Binding here (not in the store, which would listen on every interface) keeps the
+    rendezvous on `host`, and choosing the port where it is bound leaves no race for it.
+    """
+    global _rendezvous_fd
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    _rendezvous_fd = listener.detach()
+    return port
+
+
+def loopback_interface() -> str | None:
+    """The name of the network interface that holds 127.0.0.1 (`lo` on Linux)."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(address.address == "127.0.0.1" for address in addresses):
+            return name
+    return None
+
+
 def form_group(
     rank: int,
     world_size: int,
@@ -19,7 +50,7 @@ def form_group(
     master_port: int,
     backend: str,
     gpu: int | None,
-    timeout_s: float | None = None,
+    timeout_s: float,
 ) -> dict:
     """Join the torch.distributed group as `rank`; return what `%dipstatus` shows of it."""
     os.environ.update(
@@ -43,16 +74,24 @@ def form_group(
         # core would oversubscribe the machine and make DDP slower than one process.
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         device = "cpu"
+    if master_addr.startswith("127.") and "GLOO_SOCKET_IFNAME" not in os.environ:
+        # gloo would otherwise listen on the address the host name resolves to.
+        interface = loopback_interface()
+        if interface is not None:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
     kwargs: dict = {"device_id": torch.device(device)} if gpu is not None else {}
-    if timeout_s is not None:
-        kwargs["timeout"] = timedelta(seconds=timeout_s)
-    dist.init_process_group(
-        backend,
-        init_method="env://",
-        rank=rank,
-        world_size=world_size,
-        **kwargs,
+    timeout = timedelta(seconds=timeout_s)
+    global _rendezvous_fd
+    listen_fd, _rendezvous_fd = (_rendezvous_fd, None) if rank == 0 else (None, None)
+    store = dist.TCPStore(
+        master_addr,
+        master_port,
+        world_size,
+        is_master=rank == 0,
+        timeout=timeout,
+        master_listen_fd=listen_fd,
     )
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout, **kwargs)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "flush_interval"):
             stream.flush_interval = OUTPUT_FLUSH_INTERVAL_S

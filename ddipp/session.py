@@ -28,10 +28,12 @@ RANK_DIED = "rank {rank} (pid {pid}) died: {how}"
 GROUP_BROKEN_ADVICE = "Use %makedip --restart for a fresh group, or %makedip --kill."
 CELL_TIMED_OUT = "%%dip: the cell ran past --timeout {timeout:g} s on the ranks"
 INTERRUPT_IGNORED = "the ranks did not stop within {grace:g} s of the interrupt"
+# After such an error a gloo or NCCL group is broken for good: ddipp forms it again.
+COLLECTIVE_ERROR_WORDS = ("gloo", "NCCL", "Connection closed by peer", "Timed out", "timed out")
 REFORM_FAILED = "the process group could not be re-formed after rank(s) {ranks} failed: {error}"
 GROUP_REFORMED = (
-    "ddipp: rank(s) {ranks} failed while other ranks still ran; they left the process group so "
-    "that no rank waits for them, and the group was formed again"
+    "ddipp: the process group broke (rank(s) {ranks} failed while others were in or near a "
+    "collective); it was formed again on every rank"
 )
 AUTODIP_ENDED = {
     Trigger.KILL: "ddipp: autodip is off: the group was stopped",
@@ -290,10 +292,16 @@ class DipSession:
         for rank, (ename, evalue, traceback) in run.failures().items():
             if rank not in router.failed_ranks:
                 router.add_failure(rank, ename, evalue, traceback)
+        error = router.error()
+        if (
+            error is not None
+            and not released
+            and any(_is_collective_error(ename, evalue) for _, ename, evalue, _ in error.failures)
+        ):
+            released = set(range(self.spec.world_size))  # the group is broken on some rank
         self._end(broken=self._reform_after(released))
         if self.state is State.FAILED:
             raise GroupFailed(f"{self.lifecycle.reason}. {GROUP_BROKEN_ADVICE}")
-        error = router.error()
         if error is not None:
             raise error
         return None if quiet else router.result
@@ -337,6 +345,11 @@ class DipSession:
     def _report_step(self, source: State, dest: State, trigger: Trigger) -> None:
         if self.spec is not None and self.spec.verbose and trigger not in (Trigger.RUN, Trigger.CELL_DONE):
             self._say(f"ddipp: {source.value} -> {dest.value} ({trigger.value})")
+
+
+def _is_collective_error(ename: str, evalue: str) -> bool:
+    """Whether a rank's error leaves its process group unusable (gloo/NCCL, store, timeouts)."""
+    return ename.startswith("Dist") or any(word in evalue for word in COLLECTIVE_ERROR_WORDS)
 
 
 def _pump(

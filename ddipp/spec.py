@@ -12,7 +12,9 @@ from .errors import DdippError
 
 BACKENDS = ("gloo", "nccl", "mpi")
 DEFAULT_CPU_RANKS = 2
-DEFAULT_START_TIMEOUT_S = 60.0
+# How long a rank waits for the others, to start and in any collective: long enough for a slow
+# start or a rank-0-only step, short enough that a hang surfaces while the user is still there.
+DEFAULT_TIMEOUT_S = 120.0
 
 GPUS_AND_CPUS = "use -g for one rank per GPU or -n for CPU ranks, not both"
 BAD_RANK_COUNT = "-n needs a whole number of CPU ranks of at least 1, not {value!r}"
@@ -32,12 +34,13 @@ class SpecError(DdippError):
 
 @dataclass(frozen=True, slots=True)
 class GroupSpec:
-    """A group to start: per rank its GPU id (None: CPU), the backend and the app."""
+    """A group to start: per rank its GPU id (None: CPU), the backend, the app, and how long a
+    rank waits for the others (at start-up and in collectives)."""
 
     devices: tuple[int | None, ...]
     backend: str
     app: str
-    start_timeout: float = DEFAULT_START_TIMEOUT_S
+    timeout: float = DEFAULT_TIMEOUT_S
     verbose: bool = False
 
     @property
@@ -90,8 +93,8 @@ def plan_group(
         raise SpecError(NCCL_ON_CPU)
     app_name = app if app is not None else default_app()
     get_app(app_name)
-    start_timeout = _seconds(timeout) if timeout is not None else DEFAULT_START_TIMEOUT_S
-    spec = GroupSpec(devices, backend, app_name, start_timeout, bool(verbose))
+    seconds = _seconds(timeout) if timeout is not None else DEFAULT_TIMEOUT_S
+    spec = GroupSpec(devices, backend, app_name, seconds, bool(verbose))
     return spec, notices
 
 
