@@ -9,6 +9,8 @@ LOCAL_MARKER = "#dip_locally"
 _LOCAL_MARKER = re.compile(r"^#\s*dip_locally(?!\w)")
 DDIPP_MAGICS = frozenset({"dip", "makedip", "autodip", "dipstatus"})
 _MAGIC_NAME = re.compile(r"^%{1,2}([A-Za-z_][\w]*)")
+# `%unload_ext ddipp` (and load/reload) concern the notebook's ddipp, not the ranks'.
+_DDIPP_EXTENSION = re.compile(r"^%(?:load|unload|reload)_ext\s+ddipp\s*$")
 
 
 class Route(str, Enum):
@@ -28,7 +30,7 @@ def route_cell(lines: list[str]) -> Route:
     if _LOCAL_MARKER.match(first):
         return Route.LOCAL
     magic = _MAGIC_NAME.match(first)
-    if magic is not None and magic.group(1) in DDIPP_MAGICS:
+    if (magic is not None and magic.group(1) in DDIPP_MAGICS) or _DDIPP_EXTENSION.match(first):
         return Route.DDIPP
     if all(line.startswith("#") for line in code):
         return Route.LOCAL

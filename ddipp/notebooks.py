@@ -88,11 +88,24 @@ class KernelSession:
         self._client.start_channels()
         self._client.wait_for_ready(timeout=60)
 
-    def run(self, code: str, timeout: float = 120) -> CellMessages:
-        """Execute `code`; return once its final `idle` and its reply have arrived."""
+    @property
+    def pid(self) -> int:
+        """The kernel's process id."""
+        return self._manager.provisioner.process.pid
+
+    def run(self, code: str, timeout: float = 120, interrupt_after: float | None = None) -> CellMessages:
+        """Execute `code`; return once its final `idle` and its reply have arrived.
+
+        `interrupt_after`: interrupt the kernel (as Jupyter's stop button does) that many
+        seconds after sending the cell.
+        """
         client = self._client
         sent_at = time.perf_counter()
         msg_id = client.execute(code)
+        if interrupt_after is not None:
+            import threading
+
+            threading.Timer(interrupt_after, self._manager.interrupt_kernel).start()
         iopub: list[tuple[float, dict]] = []
         while True:
             message = client.get_iopub_msg(timeout=timeout)

@@ -6,11 +6,11 @@ import queue
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from .apps import get_app
-from .cluster import CellRun, IpyparallelRanks, RankCluster, RankInfo
-from .errors import CellTimeout, GroupFailed, InvalidSequence, LaunchFailed, PushError
+from .cluster import CellRun, IpyparallelRanks, RankCluster, RankDeath, RankInfo
+from .errors import CellTimeout, GroupFailed, InvalidSequence, LaunchFailed, PullError, PushError
 from .fsm import GROUP_TRIGGERS_THAT_END_AUTODIP, Autodip, GroupLifecycle, State, Trigger
 from .router import OutputRouter, RankMessage, RankResult, Sink
 from .spec import GroupSpec
@@ -174,8 +174,7 @@ class DipSession:
             return
         dead = self._cluster.dead_ranks()
         if dead:
-            reason = "; ".join(RANK_DIED.format(rank=d.rank, pid=d.pid, how=d.how) for d in dead)
-            self.lifecycle.fire(Trigger.GROUP_BROKEN, reason=reason)
+            self.lifecycle.fire(Trigger.GROUP_BROKEN, reason=_death_reason(dead))
 
     def _begin(self, magic: str) -> RankCluster:
         self.check_health()
@@ -188,6 +187,9 @@ class DipSession:
         """Re-form the process group if ranks were released from it; the reason if that failed."""
         if not released or self._cluster is None:
             return ""
+        dead = self._cluster.dead_ranks()
+        if dead:  # a rank died: nothing to re-form, the group has failed
+            return _death_reason(dead)
         ranks = ", ".join(map(str, sorted(released)))
         try:
             self._cluster.reform()
@@ -195,6 +197,14 @@ class DipSession:
             return REFORM_FAILED.format(ranks=ranks, error=error)
         self._say(GROUP_REFORMED.format(ranks=ranks))
         return ""
+
+    def _fail_request(self, magic: str, error: Exception) -> NoReturn:
+        """A request broke on the ranks: the group fails, with a rank's death as the reason if any."""
+        assert self._cluster is not None
+        dead = self._cluster.dead_ranks()
+        reason = _death_reason(dead) if dead else f"{magic} failed on the ranks: {error}"
+        self._end(broken=reason)
+        raise GroupFailed(f"{reason}. {GROUP_BROKEN_ADVICE}") from error
 
     def _end(self, broken: str = "") -> None:
         if broken:
@@ -225,8 +235,7 @@ class DipSession:
         try:
             cluster.push(values)
         except Exception as error:
-            self._end(broken=f"a push failed half-way: {error}")
-            raise GroupFailed(f"%dip --push failed: {error}. {GROUP_BROKEN_ADVICE}") from error
+            self._fail_request("%dip --push", error)
         self._end()
 
     def pull(self, names: Iterable[str], rank: int, namespace: MutableMapping[str, Any]) -> None:
@@ -242,8 +251,12 @@ class DipSession:
         cluster = self._begin("%dip --pull")
         try:
             values = cluster.pull(names, rank)
-        finally:
+        except PullError:
             self._end()
+            raise
+        except Exception as error:
+            self._fail_request("%dip --pull", error)
+        self._end()
         namespace.update(zip(names, values, strict=True))
 
     # --- cells -------------------------------------------------------------------------
@@ -345,6 +358,10 @@ class DipSession:
     def _report_step(self, source: State, dest: State, trigger: Trigger) -> None:
         if self.spec is not None and self.spec.verbose and trigger not in (Trigger.RUN, Trigger.CELL_DONE):
             self._say(f"ddipp: {source.value} -> {dest.value} ({trigger.value})")
+
+
+def _death_reason(dead: list[RankDeath]) -> str:
+    return "; ".join(RANK_DIED.format(rank=d.rank, pid=d.pid, how=d.how) for d in dead)
 
 
 def _is_collective_error(ename: str, evalue: str) -> bool:
