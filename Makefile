@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint docs clean
+.PHONY: demo test lint docs bench clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,8 @@ test: $(INSTALLED) lint
 	$(PY) -m pytest --run-slow --run-notebooks
 
 lint: $(INSTALLED)
-	$(VENV)/bin/ruff check ddipp tests conftest.py
-	$(VENV)/bin/ruff format --check ddipp tests conftest.py
+	$(VENV)/bin/ruff check ddipp tests bench conftest.py
+	$(VENV)/bin/ruff format --check ddipp tests bench conftest.py
 
 ## docs: regenerate docs/states.md from the transition table
 docs: $(INSTALLED)
@@ -29,3 +29,7 @@ docs: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) examples/demo.executed.ipynb .pytest_cache .hypothesis
+
+## bench: every benchmark on 2 CPU ranks against its peer; writes bench/results.json
+bench: $(INSTALLED)
+	$(PY) -m bench

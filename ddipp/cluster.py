@@ -27,8 +27,10 @@ KILL_GRACE_S = 3.0
 OUTPUT_GRACE_S = 1.0
 EXIT_STATUS_WAIT_S = 1.0
 
-# Not output: tells whoever reads the messages that the run may have ended.
+# Not output: tells whoever reads the messages that the run has ended.
 WAKE = RankMessage(-1, "wake", {})
+# iopub messages that carry no output; not handed to the reader at all.
+NOT_OUTPUT = frozenset({"status", "execute_input"})
 
 RANK_DID_NOT_JOIN = "rank {rank} did not join the process group: {error}"
 RENDEZVOUS_TIMEOUT = "the process group did not form within {timeout:g} s (raise it with %makedip -t SECONDS)"
@@ -283,7 +285,9 @@ class IpyparallelRanks:
         idents, targets = client._build_targets(self._engine_ids)
 
         def relay(rank: int, msg: dict) -> None:
-            on_message(RankMessage(rank, msg["header"]["msg_type"], msg.get("content", {})))
+            kind = msg["header"]["msg_type"]
+            if kind not in NOT_OUTPUT:
+                on_message(RankMessage(rank, kind, msg.get("content", {})))
 
         futures = []
         for rank, ident in enumerate(idents):
@@ -300,10 +304,15 @@ class IpyparallelRanks:
                 )
             )
         result = AsyncResult(client, futures, fname="execute", targets=targets, owner=True)
-        # Wake the reader as each reply and each end of output comes in: it need not poll.
+
+        def wake_when_all_done(_) -> None:
+            # The reader then need not poll for the end; one hand-off per cell, not per event.
+            if all(future.done() and future.output.done() for future in futures):
+                on_message(WAKE)
+
         for future in futures:
-            future.add_done_callback(lambda _: on_message(WAKE))
-            future.output.add_done_callback(lambda _: on_message(WAKE))
+            future.add_done_callback(wake_when_all_done)
+            future.output.add_done_callback(wake_when_all_done)
         return IpyparallelCellRun(result, [info.pid for info in self.ranks])
 
     def check_serializable(self, value: Any) -> None:
@@ -326,34 +335,24 @@ class IpyparallelRanks:
     def dead_ranks(self) -> list[RankDeath]:
         dead = []
         for info in self.ranks:
-            returncode = self._engine_returncode(info.pid)
-            alive = returncode is None and psutil.pid_exists(info.pid)
-            if alive:
-                try:
-                    alive = psutil.Process(info.pid).status() != psutil.STATUS_ZOMBIE
-                except psutil.NoSuchProcess:
-                    alive = False
-            if not alive:
-                dead.append(RankDeath(info.rank, info.pid, describe_exit(returncode)))
+            process = self._rank_process(info.pid)
+            if process is not None and _is_alive(process):
+                continue
+            status = self._exit_status(process) if process is not None else None
+            dead.append(RankDeath(info.rank, info.pid, describe_exit(status)))
         return dead
 
-    def _engine_returncode(self, pid: int) -> int | None:
-        """The exit status of the engine process `pid` if it has ended, else None."""
-        launchers = (
-            []
-            if self._cluster is None
-            else [
-                launcher
-                for engine_set in self._cluster.engines.values()
-                for launcher in engine_set.launchers.values()
-                if launcher.process is not None and launcher.process.pid == pid
-            ]
-        )
-        if not launchers:
-            return None
-        process = launchers[0].process
-        if _is_alive(process):
-            return None
+    def _rank_process(self, pid: int) -> psutil.Process | None:
+        """ipyparallel's handle on the engine process `pid` (the one its watcher reaps)."""
+        for engine_set in self._cluster.engines.values() if self._cluster is not None else ():
+            for launcher in engine_set.launchers.values():
+                if launcher.process is not None and launcher.process.pid == pid:
+                    return launcher.process
+        return None
+
+    @staticmethod
+    def _exit_status(process: psutil.Process) -> int | None:
+        """The exit status of an ended engine process, if it can still be known."""
         # ipyparallel's watcher thread reaps its engines, and psutil keeps the status it got on
         # the shared Process object. Reaping here too would race it (the loser gets no status),
         # so wait for the pid to be reaped, then read the kept status.
@@ -446,7 +445,8 @@ def _end_processes(processes: list[psutil.Process], grace: float) -> None:
 
 
 def _is_alive(process: psutil.Process) -> bool:
+    """Running and not a zombie (one read of /proc: this is on every request's path)."""
     try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False

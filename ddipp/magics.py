@@ -177,7 +177,6 @@ class DipMagics(Magics):
 
         %%dip [--to remote|local|both] [--see RANKS|all] [--quiet] [--timeout S]
         """
-        self.session.check_health()
         if cell is None:
             return self._dip_line(line)
         return self._dip_cell(line, cell)
@@ -202,7 +201,8 @@ class DipMagics(Magics):
         if args.to == "local":
             self._run_locally(cell)
             return None
-        if args.to == "both":
+        if args.to == "both":  # check the group before the local half runs
+            self.session.check_health()
             self.session.lifecycle.require(Trigger.RUN, "%%dip --to both")
             if not self._run_locally(cell):
                 raise LocalRunFailed(LOCAL_FAILED)

@@ -87,6 +87,7 @@ class KernelSession:
         self._client = self._manager.client()
         self._client.start_channels()
         self._client.wait_for_ready(timeout=60)
+        self._closed = False
 
     @property
     def pid(self) -> int:
@@ -120,9 +121,15 @@ class KernelSession:
                 return CellMessages(sent_at, iopub, reply)
 
     def close(self) -> None:
-        """Shut the kernel down (as a front end does) and stop the channels."""
+        """Shut the kernel down (as a front end does) and stop the channels; once."""
+        if self._closed:
+            return
+        self._closed = True
         self._client.stop_channels()
-        self._manager.shutdown_kernel(now=False)
+        if self._manager.is_alive():
+            self._manager.shutdown_kernel(now=False)
+        else:
+            self._manager.cleanup_resources()
 
     def __enter__(self) -> KernelSession:
         return self

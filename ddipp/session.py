@@ -306,6 +306,10 @@ class DipSession:
             if rank not in router.failed_ranks:
                 router.add_failure(rank, ename, evalue, traceback)
         error = router.error()
+        dead = cluster.dead_ranks() if error is not None else []
+        if dead:  # a rank that died shows up as a failure: say which, and how it ended
+            self._end(broken=_death_reason(dead))
+            raise GroupFailed(f"{self.lifecycle.reason}. {GROUP_BROKEN_ADVICE}")
         if (
             error is not None
             and not released

@@ -1,0 +1,1 @@
+"""Benchmarks of ddipp against its peers, measured side by side in one run: `python -m bench`."""

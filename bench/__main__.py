@@ -1,0 +1,346 @@
+"""Run every benchmark on 2 CPU ranks, print a table of ratios, write bench/results.json.
+
+    python -m bench [--only dispatch,startup,train,stream,faults] [--runs 100]
+
+Each figure is measured against its peer in the same run, on the same machine: a notebook
+client (jupyter_client) drives a real kernel, as Jupyter does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from ddipp.notebooks import CellMessages, KernelSession
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results.json"
+STREAM_LINES = 10_000
+STARTUP_REPEATS = 3
+
+# Plain ipyparallel plus a manual process group: what a user would write without ddipp.
+PLAIN_STARTUP = """
+import time, ipyparallel as ipp
+began = time.perf_counter()
+cluster = ipp.Cluster(n=2)
+rc = cluster.start_and_connect_sync()
+rc.wait_for_engines(2, timeout=120, interactive=False)
+def join(rank, port):
+    import os, torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo")
+    return rank
+import socket
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+results = [rc[i].apply_async(join, rank, port) for rank, i in enumerate(sorted(rc.ids))]
+[r.get(timeout=120) for r in results]
+print("STARTUP", time.perf_counter() - began)
+"""
+# %%px on ddipp's own engines (the same processes), blocking as `%px` is by default.
+PX_ON_DDIPP_ENGINES = (
+    "px_view = get_ipython()._ddipp_session[0].cluster._client[:]\npx_view.block = True\npx_view.activate()"
+)
+PLAIN_STOP = "rc.close()\ncluster.stop_cluster_sync()"
+
+
+def kernel_env(ipython_dir: str) -> dict[str, str]:
+    env = dict(os.environ, IPYTHONDIR=ipython_dir, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def ok(cell: CellMessages) -> CellMessages:
+    if cell.status != "ok":
+        content = cell.reply["content"]
+        raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}\n{cell.text()}")
+    return cell
+
+
+def summary(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    return {
+        "median": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "n": len(ordered),
+    }
+
+
+def bench_dispatch(env: dict, runs: int) -> dict:
+    """A trivial cell's round trip (send to idle): %%dip vs %%px on the same engines vs local."""
+    with KernelSession(env) as kernel:
+        ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a none"))
+        ok(kernel.run(PX_ON_DDIPP_ENGINES))
+        cells = {"ddipp": "%%dip\npass", "px": "%%px\npass", "local": "pass"}
+        times: dict[str, list[float]] = {name: [] for name in cells}
+        for code in cells.values():  # warm-up
+            ok(kernel.run(code))
+        for _ in range(runs):  # interleaved, so drift affects all alike
+            for name, code in cells.items():
+                cell = ok(kernel.run(code))
+                times[name].append((cell.finished_at - cell.sent_at) * 1000)
+        ok(kernel.run("%makedip --kill"))
+    return {name: summary(samples) for name, samples in times.items()}
+
+
+def bench_startup(env: dict) -> dict:
+    """`%makedip -n 2` until cells run vs ipyparallel.Cluster(n=2) + manual init_process_group."""
+    ddipp, plain = [], []
+    for _ in range(STARTUP_REPEATS):
+        with KernelSession(env) as kernel:
+            ok(kernel.run("%load_ext ddipp\nimport torch"))
+            cell = ok(kernel.run("%makedip -n 2 -a none"))
+            probe = ok(kernel.run("%%dip\npass"))
+            ddipp.append(cell.finished_at - cell.sent_at + (probe.finished_at - probe.sent_at))
+            ok(kernel.run("%makedip --kill"))
+        with KernelSession(env) as kernel:
+            ok(kernel.run("import torch"))
+            cell = ok(kernel.run(PLAIN_STARTUP))
+            plain.append(cell.finished_at - cell.sent_at)
+            ok(kernel.run(PLAIN_STOP))
+    return {"ddipp": statistics.median(ddipp), "ipyparallel": statistics.median(plain)}
+
+
+def bench_train(env: dict) -> dict:
+    """The same training loop: DDP via %%dip, under torchrun --nproc-per-node 2, one process."""
+    with KernelSession(env) as kernel:
+        ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch"))
+        cell = ok(kernel.run("%%dip\nfrom bench.workload import train\nresult = train()\nprint(result)"))
+        via_ddipp = eval(cell.text().strip().splitlines()[-1])  # a dict printed by rank 0
+        ok(kernel.run("%makedip --kill"))
+    torchrun = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "bench.workload",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    via_torchrun = json.loads(
+        next(line.split(" ", 1)[1] for line in torchrun.stdout.splitlines() if line.startswith("RESULT "))
+    )
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, torch; torch.set_num_threads(1)\n"
+            "from bench.workload import train\nprint('RESULT ' + json.dumps(train()))",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    via_single = json.loads(single.stdout.strip().split("RESULT ", 1)[1])
+    return {
+        "ddipp_2": via_ddipp["samples_per_s"],
+        "torchrun_2": via_torchrun["samples_per_s"],
+        "single_1": via_single["samples_per_s"],
+    }
+
+
+def bench_stream(env: dict) -> dict:
+    """10,000 lines printed on rank 0: when the first and the last reach the client."""
+    code = (
+        "import os\nif os.environ['RANK'] == '0':\n"
+        f"    for i in range({STREAM_LINES}):\n        print('line', i)\n"
+    )
+    with KernelSession(env) as kernel:
+        ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a none"))
+        ok(kernel.run(PX_ON_DDIPP_ENGINES))
+        results = {}
+        for name, magic in (("ddipp", "%%dip"), ("px", "%%px --stream")):
+            ok(kernel.run(f"{magic}\nprint('warm')"))
+            cell = ok(kernel.run(f"{magic}\n{code}"))
+            first = _first_output(cell, "line 0\n")
+            last = _first_output(cell, f"line {STREAM_LINES - 1}\n")
+            results[name] = last - cell.sent_at
+            results[f"first_line_{name}"] = first - cell.sent_at
+        ok(kernel.run("%makedip --kill"))
+    return results
+
+
+def bench_faults(env: dict) -> dict:
+    """Detection and recovery times: a rank killed mid-cell, interrupts, a killed kernel."""
+    results = {}
+    with KernelSession(env) as kernel:
+        ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch"))
+        cell = kernel.run(
+            "%%dip\nimport os, time, signal\nif dist.get_rank() == 1:\n    time.sleep(0.5)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\ndist.all_reduce(torch.ones(1))"
+        )
+        assert cell.status == "error", cell.text()
+        results["rank_killed_mid_cell_s"] = cell.finished_at - cell.sent_at - 0.5
+        began = time.perf_counter()
+        ok(kernel.run("%makedip --restart"))
+        results["restart_s"] = time.perf_counter() - began
+        cell = kernel.run("%%dip\nimport time\ntime.sleep(60)", interrupt_after=1.0)
+        results["interrupt_long_cell_s"] = cell.finished_at - cell.sent_at - 1.0
+        cell = kernel.run(
+            "%%dip\nimport time\nif dist.get_rank() == 0:\n    dist.all_reduce(torch.ones(1))\n"
+            "else:\n    time.sleep(60)",
+            interrupt_after=1.0,
+        )
+        results["interrupt_blocked_collective_s"] = cell.finished_at - cell.sent_at - 1.0
+        cell = kernel.run(
+            "%%dip\nif dist.get_rank() == 1:\n    raise ValueError('x')\ndist.all_reduce(torch.ones(1))"
+        )
+        results["rank_raises_before_collective_s"] = cell.finished_at - cell.sent_at
+        family = psutil.Process(kernel.pid).children(recursive=True)
+        began = time.perf_counter()
+        os.kill(kernel.pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(family, timeout=30)
+        results["kernel_sigkill_cleanup_s"] = time.perf_counter() - began if not alive else float("inf")
+    return results
+
+
+def _first_output(cell: CellMessages, needle: str) -> float:
+    """Arrival of the first stream or display carrying `needle` (px --stream sends displays)."""
+    for at, message in cell.iopub:
+        content = message["content"]
+        text = content.get("text") or content.get("data", {}).get("text/plain", "")
+        if needle in text:
+            return at
+    raise AssertionError(f"{needle!r} never arrived")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def table(results: dict) -> str:
+    rows = []
+    if "dispatch_ms" in results:
+        d = results["dispatch_ms"]
+        rows.append(
+            (
+                "dispatch median (ms)",
+                d["ddipp"]["median"],
+                d["px"]["median"],
+                "%%px",
+                d["ddipp"]["median"] / d["px"]["median"],
+                "<= 1.0",
+            )
+        )
+        rows.append(
+            (
+                "dispatch p95 (ms)",
+                d["ddipp"]["p95"],
+                d["px"]["p95"],
+                "%%px",
+                d["ddipp"]["p95"] / d["px"]["p95"],
+                "",
+            )
+        )
+        rows.append(("local cell median (ms)", d["local"]["median"], None, "", None, ""))
+    if "startup_s" in results:
+        s = results["startup_s"]
+        rows.append(
+            (
+                "start-up (s)",
+                s["ddipp"],
+                s["ipyparallel"],
+                "ipyparallel+init",
+                s["ddipp"] / s["ipyparallel"],
+                "<= 0.5",
+            )
+        )
+    if "train_samples_per_s" in results:
+        t = results["train_samples_per_s"]
+        rows.append(
+            (
+                "training (samples/s)",
+                t["ddipp_2"],
+                t["torchrun_2"],
+                "torchrun",
+                t["ddipp_2"] / t["torchrun_2"],
+                ">= 0.97",
+            )
+        )
+        rows.append(("  one process (samples/s)", t["single_1"], None, "", None, ""))
+    if "stream_s" in results:
+        s = results["stream_s"]
+        rows.append(
+            ("10k lines, last (s)", s["ddipp"], s["px"], "%%px --stream", s["ddipp"] / s["px"], "<= 1.0")
+        )
+        rows.append(
+            (
+                "10k lines, first (s)",
+                s["first_line_ddipp"],
+                s["first_line_px"],
+                "%%px --stream",
+                s["first_line_ddipp"] / s["first_line_px"],
+                "",
+            )
+        )
+    lines = [f"{'benchmark':<28}{'ddipp':>12}{'peer':>12}  {'peer is':<18}{'ratio':>8}  target"]
+    for name, ours, peer, peer_name, ratio, target in rows:
+        peer_text = f"{peer:12.3f}" if peer is not None else " " * 12
+        ratio_text = f"{ratio:8.3f}" if ratio is not None else " " * 8
+        lines.append(f"{name:<28}{ours:12.3f}{peer_text}  {peer_name:<18}{ratio_text}  {target}")
+    for key, value in results.get("faults_s", {}).items():
+        lines.append(f"{key:<40}{value:8.3f} s")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", default="dispatch,startup,train,stream,faults")
+    parser.add_argument("--runs", type=int, default=100, help="round trips per contender (dispatch)")
+    args = parser.parse_args()
+    chosen = args.only.split(",")
+    results: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    with tempfile.TemporaryDirectory() as ipython_dir:
+        env = kernel_env(ipython_dir)
+        steps = {
+            "dispatch": ("dispatch_ms", lambda: bench_dispatch(env, args.runs)),
+            "startup": ("startup_s", lambda: bench_startup(env)),
+            "train": ("train_samples_per_s", lambda: bench_train(env)),
+            "stream": ("stream_s", lambda: bench_stream(env)),
+            "faults": ("faults_s", lambda: bench_faults(env)),
+        }
+        for name in chosen:
+            key, run = steps[name]
+            print(f"running {name} ...", flush=True)
+            results[key] = run()
+    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The training workload every contender runs: the same model, data and steps."""
+
+from __future__ import annotations
+
+import time
+
+STEPS = 300
+BATCH_PER_RANK = 64
+FEATURES = 256
+
+
+def train(steps: int = STEPS, batch: int = BATCH_PER_RANK) -> dict:
+    """Train a small MLP for `steps` (under DDP if a process group is up); return throughput.
+
+    Samples per second count every rank's samples: the whole group's throughput.
+    """
+    import torch
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if distributed else 1
+    rank = dist.get_rank() if distributed else 0
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(FEATURES, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 10),
+    )
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = torch.Generator().manual_seed(1000 + rank)
+    inputs = torch.randn(steps, batch, FEATURES, generator=data)
+    targets = torch.randint(0, 10, (steps, batch), generator=data)
+    for step in range(5):  # warm-up, not timed
+        loss = torch.nn.functional.cross_entropy(model(inputs[step]), targets[step])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    if distributed:
+        dist.barrier()
+    began = time.perf_counter()
+    for step in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(inputs[step]), targets[step])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    if distributed:
+        dist.barrier()
+    seconds = time.perf_counter() - began
+    return {"samples_per_s": steps * batch * world / seconds, "seconds": seconds, "loss": loss.item()}
+
+
+if __name__ == "__main__":  # under torchrun: rank 0 prints the group's result as JSON
+    import json
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    result = train()
+    if dist.get_rank() == 0:
+        print("RESULT " + json.dumps(result), flush=True)
+    dist.destroy_process_group()
+    os._exit(0)
