@@ -3,21 +3,32 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# fastai 1 and fastai 2 share the import name: the fastai 1 lesson runs in its own environment.
+VENV1 := .venv-fastai1
+INSTALLED1 := $(VENV1)/.installed
 
 .PHONY: demo test lint docs bench clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,fastai]'
 	touch $(INSTALLED)
+
+$(INSTALLED1): pyproject.toml constraints.txt constraints-fastai1.txt
+	$(PYTHON) -m venv $(VENV1)
+	$(VENV1)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-fastai1.txt \
+		-e '.[test,fastai1]' torch torchvision pandas numpy setuptools spacy
+	touch $(INSTALLED1)
 
 ## demo: execute examples/demo.ipynb on 2 CPU ranks; writes examples/demo.executed.ipynb
 demo: $(INSTALLED)
 	$(PY) -m ddipp.notebooks examples/demo.ipynb -o examples/demo.executed.ipynb
 
-## test: lint, then every test tier (unit, fuzzer, real CPU ranks, notebooks through nbclient)
-test: $(INSTALLED) lint
+## test: lint, then every test tier (unit, fuzzer, real CPU ranks, notebooks through nbclient),
+## then the fastai 1 lesson in its own environment
+test: $(INSTALLED) $(INSTALLED1) lint
 	$(PY) -m pytest --run-slow --run-notebooks
+	$(VENV1)/bin/python -m pytest --run-notebooks -m notebook -k fastai_v1
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check ddipp tests bench conftest.py
@@ -28,7 +39,7 @@ docs: $(INSTALLED)
 	$(PY) -m ddipp.fsm.diagram > docs/states.md
 
 clean:
-	rm -rf $(VENV) examples/demo.executed.ipynb .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV1) examples/demo.executed.ipynb .pytest_cache .hypothesis
 
 ## bench: every benchmark on 2 CPU ranks against its peer; writes bench/results.json
 bench: $(INSTALLED)

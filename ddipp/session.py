@@ -90,6 +90,7 @@ class DipSession:
         self.autodip = Autodip()
         self.lifecycle.listeners.append(self._report_step)
         self.lifecycle.listeners.append(self._end_autodip_with_group)
+        self.lifecycle.listeners.append(self._undo_app_patches)
 
     @property
     def state(self) -> State:
@@ -348,6 +349,17 @@ class DipSession:
     def autodip_off(self) -> bool:
         """Cells run in the notebook again; True if autodip was on."""
         return self.autodip.disable()
+
+    def _undo_app_patches(self, source: State, dest: State, trigger: Trigger) -> None:
+        """Leaving `patched` for good: the app's patches are undone on every rank (best effort)."""
+        if source is not State.PATCHED or dest is not State.DRAINING or self._cluster is None:
+            return
+        teardown = get_app(self.spec.app).rank_teardown if self.spec is not None else ""
+        if teardown:
+            try:
+                self._cluster.run_setup(teardown)
+            except Exception as error:  # the ranks are stopped next in any case
+                self._say(f"ddipp: could not undo the {self.spec.app} patches on the ranks: {error}")
 
     def _end_autodip_with_group(self, source: State, dest: State, trigger: Trigger) -> None:
         if trigger in GROUP_TRIGGERS_THAT_END_AUTODIP and self.autodip.end_with_group():

@@ -108,7 +108,9 @@ def test_a_rank_that_fails_at_start_up_leaves_nothing_running(notebook, monkeypa
 def test_an_app_that_fails_to_set_up_leaves_nothing_running(notebook, monkeypatch):
     from ddipp import apps
 
-    monkeypatch.setitem(apps.APPS, "torch", apps.App("torch", "broken", rank_setup="import no_such_module\n"))
+    monkeypatch.setitem(
+        apps.APPS, "torch", apps.App("torch", "broken", rank_imports="import no_such_module\n")
+    )
     shell, session = notebook
     with pytest.raises(LaunchFailed, match="no_such_module"):
         shell.run_line_magic("makedip", "-n 2 -a torch")

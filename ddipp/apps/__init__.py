@@ -1,4 +1,5 @@
-"""Apps: what ddipp sets up on the ranks for a client library (imports now, patches later)."""
+"""Apps: what ddipp sets up on the ranks for a client library: imports, and patches applied on
+entering `patched` and undone when the group is torn down (`ddipp/apps/*_rank.py`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ APP_MISSING = (
 )
 UNKNOWN_APP = "unknown app {app!r}: choose one of {choices}"
 SEPARATE_ENV = " (in its own environment: fastai 1 and fastai 2 share the import name 'fastai')"
+ALSO_NEEDS = (
+    "app {app!r} also needs {library}, which is not installed. Install it with: pip install {library}"
+)
 
 
 class AppUnavailable(DdippError):
@@ -24,10 +28,27 @@ class App:
 
     name: str
     summary: str
-    rank_setup: str = ""
+    rank_imports: str = ""  # code run in every rank's namespace
+    rank_module: str | None = None  # a module with apply_patches() and undo_patches()
     library: str | None = None
     major: int | None = None
     requirement: str = ""
+    also_needs: tuple[str, ...] = ()
+
+    @property
+    def rank_setup(self) -> str:
+        """Code run on every rank on entering `patched` (binds no name but the imports')."""
+        patches = (
+            f"__import__({self.rank_module!r}, fromlist=['_']).apply_patches()\n" if self.rank_module else ""
+        )
+        return self.rank_imports + patches
+
+    @property
+    def rank_teardown(self) -> str:
+        """Code run on every rank when the group is torn down."""
+        if not self.rank_module:
+            return ""
+        return f"__import__({self.rank_module!r}, fromlist=['_']).undo_patches()\n"
 
     def check_available(self) -> None:
         """Raise `AppUnavailable` with the install hint unless the library fits."""
@@ -35,6 +56,9 @@ class App:
             return
         version = installed_version(self.library)
         if version is not None and _major(version) == self.major:
+            for library in self.also_needs:
+                if installed_version(library) is None:
+                    raise AppUnavailable(ALSO_NEEDS.format(app=self.name, library=library))
             return
         found = "it is not installed" if version is None else f"{self.library} {version} is installed"
         raise AppUnavailable(
@@ -54,24 +78,25 @@ APPS: dict[str, App] = {
     for app in (
         App(
             "fastai_v1",
-            "fastai 1.x (course-v3 API): fastai imported on every rank",
-            rank_setup="import fastai\n",
+            "fastai 1.x (course-v3 API): Learner.fit trains under DDP, lr_find, downloads and load patched",
+            rank_module="ddipp.apps.fastai1_rank",
             library="fastai",
             major=1,
-            requirement="fastai==1.0.61 pandas==1.5.3 'numpy<2' 'setuptools<70' 'spacy>=3,<4'",
+            requirement="fastai==1.0.61 pandas==1.5.3 'numpy<2' 'setuptools>=77.0.3,<81' 'spacy>=3,<4'",
         ),
         App(
             "fastai",
-            "fastai 2.x: fastai imported on every rank",
-            rank_setup="import fastai\n",
+            "fastai 2.x: Learner.fit trains under DDP (distrib_ctx), CPU/gloo, lr_find, downloads patched",
+            rank_module="ddipp.apps.fastai2_rank",
             library="fastai",
             major=2,
             requirement="'fastai>=2.7,<3' accelerate",
+            also_needs=("accelerate",),
         ),
         App(
             "torch",
             "plain PyTorch: torch and torch.distributed (as dist) imported, nothing patched",
-            rank_setup="import torch\nimport torch.distributed as dist\n",
+            rank_imports="import torch\nimport torch.distributed as dist\n",
         ),
         App("none", "nothing imported or patched on the ranks"),
     )

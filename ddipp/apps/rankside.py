@@ -1,0 +1,156 @@
+"""Helpers the fastai patches share, run inside the rank processes (no notebook-side imports)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def distributed() -> bool:
+    """Whether this process is in an initialised process group of more than one rank."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if distributed() else 0
+
+
+def on_gpu() -> bool:
+    import torch.distributed as dist
+
+    return distributed() and dist.get_backend() == "nccl"
+
+
+def collective_device() -> Any:
+    """Where tensors for a collective must live: the GPU for NCCL, the CPU for gloo."""
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if distributed():
+        dist.barrier()
+
+
+def global_mean(value: Any) -> Any:
+    """`value` (a number or a 0-d tensor) averaged over every rank; itself outside a group."""
+    if not distributed():
+        return value
+    import torch
+    import torch.distributed as dist
+
+    was_tensor = isinstance(value, torch.Tensor)
+    tensor = torch.tensor(float(value), device=collective_device(), dtype=torch.float64)
+    dist.all_reduce(tensor)
+    mean = tensor.item() / dist.get_world_size()
+    return torch.tensor(mean, dtype=value.dtype, device=value.device) if was_tensor else mean
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank."""
+    if not distributed():
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor(int(flag), device=collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def from_rank0(value: Any) -> Any:
+    """Rank 0's `value` on every rank (any picklable object)."""
+    if not distributed():
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+_rank0_first_depth = 0
+
+
+def rank0_first(function: Callable) -> Callable:
+    """`function` runs on rank 0 first, then on the other ranks (which find rank 0's result,
+    e.g. a downloaded archive, in place)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        global _rank0_first_depth
+        # Nested calls (untar_data calls download_data) run plainly: only the outermost call
+        # synchronises, or the ranks could pass different numbers of barriers.
+        if not distributed() or _rank0_first_depth:
+            return function(*args, **kwargs)
+        _rank0_first_depth += 1
+        try:
+            if rank() == 0:
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    barrier()
+            barrier()
+            return function(*args, **kwargs)
+        finally:
+            _rank0_first_depth -= 1
+
+    wrapper.__ddipp_original__ = function
+    return wrapper
+
+
+class Patches:
+    """Attributes replaced on classes and modules, to be put back by `undo`."""
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def replace(self, owner: Any, name: str, new: Any) -> None:
+        self._saved.append(
+            (owner, name, owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name))
+        )
+        setattr(owner, name, new)
+
+    def replace_everywhere(self, original: Callable, new: Callable, package: str) -> int:
+        """Replace `original` in every loaded module of `package` that holds it; return how many."""
+        count = 0
+        for module_name, module in list(sys.modules.items()):
+            if module is None or not (module_name == package or module_name.startswith(package + ".")):
+                continue
+            for name, value in list(vars(module).items()):
+                if value is original:
+                    self.replace(module, name, new)
+                    count += 1
+        return count
+
+    def undo(self) -> None:
+        while self._saved:
+            owner, name, value = self._saved.pop()
+            if value is None and isinstance(owner, type):
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+
+    def __bool__(self) -> bool:
+        return bool(self._saved)
+
+
+def show_figures_inline() -> None:
+    """`%matplotlib inline` on this rank, so fastai's plots come back as images."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            shell.run_line_magic("matplotlib", "inline")
+    except Exception:
+        pass  # no matplotlib: fastai's plots are then unavailable anyway
