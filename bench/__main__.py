@@ -116,52 +116,17 @@ def bench_train(env: dict) -> dict:
     """The same training loop: DDP via %%dip, under torchrun --nproc-per-node 2, one process."""
     with KernelSession(env) as kernel:
         ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch"))
-        cell = ok(kernel.run("%%dip\nfrom bench.workload import train\nresult = train()\nprint(result)"))
-        via_ddipp = eval(cell.text().strip().splitlines()[-1])  # a dict printed by rank 0
+        cell = ok(
+            kernel.run(
+                "%%dip\nimport json\nfrom bench.workload import train\nprint('RESULT ' + json.dumps(train()))"
+            )
+        )
+        via_ddipp = _result_line(cell.text())
         ok(kernel.run("%makedip --kill"))
-    torchrun = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(_free_port()),
-            "-m",
-            "bench.workload",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    via_torchrun = json.loads(
-        next(line.split(" ", 1)[1] for line in torchrun.stdout.splitlines() if line.startswith("RESULT "))
-    )
-    single = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import json, torch; torch.set_num_threads(1)\n"
-            "from bench.workload import train\nprint('RESULT ' + json.dumps(train()))",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    via_single = json.loads(single.stdout.strip().split("RESULT ", 1)[1])
     return {
         "ddipp_2": via_ddipp["samples_per_s"],
-        "torchrun_2": via_torchrun["samples_per_s"],
-        "single_1": via_single["samples_per_s"],
+        "torchrun_2": _run_module(env, "bench.workload", ranks=2)["samples_per_s"],
+        "single_1": _run_module(env, "bench.workload")["samples_per_s"],
     }
 
 
@@ -218,6 +183,70 @@ def bench_faults(env: dict) -> dict:
         _, alive = psutil.wait_procs(family, timeout=30)
         results["kernel_sigkill_cleanup_s"] = time.perf_counter() - began if not alive else float("inf")
     return results
+
+
+def bench_fastai(env: dict) -> dict:
+    """The fastai lessons' training: %autodip on 2 ranks vs a torchrun launch vs one process."""
+    from bench.fastai_workload import fastai_major, render_digits
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        render_digits(work / "digits")
+        runs = {
+            "single": _run_module(env, "bench.fastai_workload", str(work)),
+            "launcher": _run_module(env, "bench.fastai_workload", str(work), ranks=2),
+        }
+        with KernelSession(env) as kernel:
+            ok(kernel.run("%load_ext ddipp\n%makedip -n 2\n%autodip on"))
+            cell = ok(
+                kernel.run(
+                    "import json\nfrom pathlib import Path\nfrom bench.fastai_workload import run_all\n"
+                    f"print('RESULT ' + json.dumps(run_all(Path({str(work)!r}))))"
+                )
+            )
+            runs["ddipp"] = _result_line(cell.text())
+            ok(kernel.run("%makedip --kill"))
+    return {
+        "fastai_major": fastai_major(),
+        "fit_s": {name: run["tabular"]["fit_s"] for name, run in runs.items()},
+        "vision_fit_s": {name: run["vision"]["fit_s"] for name, run in runs.items()},
+        "accuracy": {
+            task: {name: run[task]["accuracy"] for name, run in runs.items()}
+            for task in ("tabular", "vision")
+        },
+    }
+
+
+def _run_module(env: dict, module: str, *args: str, ranks: int | None = None) -> dict:
+    """`python -m module args` alone, or on `ranks` processes under torchrun; rank 0's RESULT."""
+    launcher = (
+        []
+        if ranks is None
+        else [
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(ranks),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+        ]
+    )
+    done = subprocess.run(
+        [sys.executable, *launcher, "-m", module, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=True,
+    )
+    return _result_line(done.stdout)
+
+
+def _result_line(text: str) -> dict:
+    return json.loads(next(line for line in text.splitlines() if line.startswith("RESULT ")).split(" ", 1)[1])
 
 
 def _first_output(cell: CellMessages, needle: str) -> float:
@@ -288,6 +317,32 @@ def table(results: dict) -> str:
             )
         )
         rows.append(("  one process (samples/s)", t["single_1"], None, "", None, ""))
+    if "fastai" in results:
+        f = results["fastai"]
+        for key, label in (("fit_s", "tabular fit"), ("vision_fit_s", "vision fit")):
+            t = f[key]
+            rows.append(
+                (
+                    f"fastai{f['fastai_major']} {label} (s)",
+                    t["ddipp"],
+                    t["launcher"],
+                    "torchrun launch",
+                    t["ddipp"] / t["launcher"],
+                    "",
+                )
+            )
+            rows.append(("  one process (s)", t["single"], None, "", None, ""))
+        for task, accuracy in f["accuracy"].items():
+            rows.append(
+                (
+                    f"fastai{f['fastai_major']} {task} accuracy",
+                    accuracy["ddipp"],
+                    accuracy["single"],
+                    "one process",
+                    accuracy["ddipp"] / accuracy["single"],
+                    "~1.0",
+                )
+            )
     if "stream_s" in results:
         s = results["stream_s"]
         rows.append(
@@ -317,11 +372,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="dispatch,startup,train,stream,faults")
+    parser.add_argument("--only", default="dispatch,startup,train,stream,faults,fastai")
     parser.add_argument("--runs", type=int, default=100, help="round trips per contender (dispatch)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file to update")
     args = parser.parse_args()
     chosen = args.only.split(",")
-    results: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results: dict = json.loads(args.results.read_text()) if args.results.exists() else {}
     with tempfile.TemporaryDirectory() as ipython_dir:
         env = kernel_env(ipython_dir)
         steps = {
@@ -330,15 +386,18 @@ def main() -> int:
             "train": ("train_samples_per_s", lambda: bench_train(env)),
             "stream": ("stream_s", lambda: bench_stream(env)),
             "faults": ("faults_s", lambda: bench_faults(env)),
+            "fastai": ("fastai", lambda: bench_fastai(env)),
         }
         for name in chosen:
             key, run = steps[name]
             print(f"running {name} ...", flush=True)
             results[key] = run()
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    if "fastai" in results:  # the schema's summary of the tabular fit
+        results["fastai_fit_s"] = results["fastai"]["fit_s"]
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
-    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    print(f"\nwritten to {args.results}")
     return 0
 
 

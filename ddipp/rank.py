@@ -55,7 +55,9 @@ def form_group(
     """Join the torch.distributed group as `rank`; return what `%dipstatus` shows of it."""
     os.environ.update(
         RANK=str(rank),
-        LOCAL_RANK=str(rank),
+        # On GPUs, the device index: code that picks `cuda:LOCAL_RANK` (accelerate, hence
+        # fastai 2, and most scripts) then lands on this rank's GPU for any -g list.
+        LOCAL_RANK=str(rank if gpu is None else gpu),
         WORLD_SIZE=str(world_size),
         LOCAL_WORLD_SIZE=str(world_size),
         MASTER_ADDR=master_addr,
