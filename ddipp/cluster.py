@@ -128,10 +128,13 @@ class IpyparallelCellRun:
         self._ready_since: float | None = None
 
     def done(self) -> bool:
-        if not self._result.ready():
+        # The request futures themselves, not the AsyncResult's own resolution (a callback
+        # that may not have run yet when the reader is woken).
+        children = self._result._children
+        if not all(child.done() for child in children):
             return False
         # ipyparallel resolves a request's `output` future at the rank's final `idle`.
-        if all(child.output.done() for child in self._result._children):
+        if all(child.output.done() for child in children):
             return True
         # A rank that died sends no final `idle`; don't wait for it forever.
         now = time.monotonic()
