@@ -15,27 +15,14 @@ import uuid
 
 import psutil
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 from ddipp.errors import GroupFailed, InvalidSequence, LaunchFailed, RankError
 from ddipp.fsm import State
-from ddipp.magics import DipMagics
 from ddipp.notebooks import KernelSession
-from ddipp.session import DipSession
 from tests.processes import TAG_VARIABLE, descendants_alive, wait_until_dead, wait_until_gone
 
 # Far above what each step takes; there only so that a regression fails rather than hangs.
 HANG_GUARD_S = 20
-
-
-@pytest.fixture
-def notebook():
-    shell = InteractiveShell.instance()
-    session = DipSession()
-    shell.register_magics(DipMagics(shell, session))
-    yield shell, session
-    session.shutdown()
-    assert descendants_alive() == []
 
 
 @pytest.fixture

@@ -14,27 +14,25 @@ from ddipp.fsm.table import USER_TRIGGERS, allowed_user_triggers
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def test_every_state_is_reachable_from_idle():
-    reached, frontier = {State.IDLE}, [State.IDLE]
+def reachable_from(start: State) -> set[State]:
+    """Every state the table can lead to from `start` (itself included)."""
+    reached, frontier = {start}, [start]
     while frontier:
         state = frontier.pop()
         for row in TRANSITIONS:
             if row.source is state and row.dest is not None and row.dest not in reached:
                 reached.add(row.dest)
                 frontier.append(row.dest)
-    assert reached == set(State)
+    return reached
+
+
+def test_every_state_is_reachable_from_idle():
+    assert reachable_from(State.IDLE) == set(State)
 
 
 def test_every_state_can_get_back_to_idle():
     for start in State:
-        seen, frontier = {start}, [start]
-        while frontier:
-            state = frontier.pop()
-            for row in TRANSITIONS:
-                if row.source is state and row.dest is not None and row.dest not in seen:
-                    seen.add(row.dest)
-                    frontier.append(row.dest)
-        assert State.IDLE in seen, start
+        assert State.IDLE in reachable_from(start), start
 
 
 def test_the_machine_follows_the_table_for_every_state_and_trigger():

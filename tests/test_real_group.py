@@ -7,26 +7,12 @@ import signal
 import threading
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 from ddipp.errors import CellTimeout, InvalidSequence, LaunchFailed, PullError, PushError, RankError
 from ddipp.fsm import State
-from ddipp.magics import DipMagics
-from ddipp.session import DipSession
 from tests.processes import descendants_alive, wait_until_dead
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def notebook():
-    """An IPython shell with ddipp's magics on a fresh session; nothing may outlive it."""
-    shell = InteractiveShell.instance()
-    session = DipSession()
-    shell.register_magics(DipMagics(shell, session))
-    yield shell, session
-    session.shutdown()
-    assert descendants_alive() == []
 
 
 def test_push_all_reduce_and_pull_round_trip_on_two_ranks(notebook, capsys):
