@@ -93,12 +93,17 @@ def test_the_tag_finds_a_tagged_child_process(tmp_path):
     import os
     import subprocess
     import sys
+    import time
 
     tag = uuid.uuid4().hex
     child = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(30)"], env=dict(os.environ, **{TAG_VARIABLE: tag})
     )
     try:
+        # Until the child has exec'd, /proc shows the environment it was forked with.
+        deadline = time.monotonic() + 10
+        while not tagged_processes(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert [p.pid for p in tagged_processes(tag)] == [child.pid]
     finally:
         child.kill()
