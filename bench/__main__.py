@@ -288,102 +288,51 @@ def _free_port() -> int:
 
 
 def table(results: dict) -> str:
-    rows = []
+    """The results as a text table: each figure beside its peer, with their ratio."""
+    rows: list[tuple[str, float, float | None, str, str]] = []
+
+    def compared(name: str, ours: float, peer: float, peer_name: str, target: str = "") -> None:
+        rows.append((name, ours, peer, peer_name, target))
+
+    def alone(name: str, value: float, target: str = "") -> None:
+        rows.append((name, value, None, "", target))
+
     if "dispatch_ms" in results:
         d = results["dispatch_ms"]
-        rows.append(
-            (
-                "dispatch median (ms)",
-                d["ddipp"]["median"],
-                d["px"]["median"],
-                "%%px",
-                d["ddipp"]["median"] / d["px"]["median"],
-                "<= 1.0",
-            )
-        )
-        rows.append(
-            (
-                "dispatch p95 (ms)",
-                d["ddipp"]["p95"],
-                d["px"]["p95"],
-                "%%px",
-                d["ddipp"]["p95"] / d["px"]["p95"],
-                "",
-            )
-        )
-        rows.append(("local cell median (ms)", d["local"]["median"], None, "", None, ""))
+        compared("dispatch median (ms)", d["ddipp"]["median"], d["px"]["median"], "%%px", "<= 1.0")
+        compared("dispatch p95 (ms)", d["ddipp"]["p95"], d["px"]["p95"], "%%px")
+        alone("local cell median (ms)", d["local"]["median"])
     if "startup_s" in results:
         s = results["startup_s"]
-        rows.append(
-            (
-                "start-up (s)",
-                s["ddipp"],
-                s["ipyparallel"],
-                "ipyparallel+init",
-                s["ddipp"] / s["ipyparallel"],
-                "<= 0.5",
-            )
-        )
+        compared("start-up (s)", s["ddipp"], s["ipyparallel"], "ipyparallel+init", "<= 0.5")
     if "train_samples_per_s" in results:
         t = results["train_samples_per_s"]
-        rows.append(
-            (
-                "training (samples/s)",
-                t["ddipp_2"],
-                t["torchrun_2"],
-                "torchrun",
-                t["ddipp_2"] / t["torchrun_2"],
-                ">= 0.97",
-            )
-        )
-        rows.append(("  one process (samples/s)", t["single_1"], None, "", None, ""))
+        compared("training (samples/s)", t["ddipp_2"], t["torchrun_2"], "torchrun", ">= 0.97")
+        alone("  one process (samples/s)", t["single_1"])
     if "fastai" in results:
         f = results["fastai"]
         for key, label in (("fit_s", "tabular fit"), ("vision_fit_s", "vision fit")):
             t = f[key]
-            rows.append(
-                (
-                    f"fastai{f['fastai_major']} {label} (s)",
-                    t["ddipp"],
-                    t["launcher"],
-                    "torchrun launch",
-                    t["ddipp"] / t["launcher"],
-                    "",
-                )
-            )
-            rows.append(("  one process (s)", t["single"], None, "", None, ""))
+            compared(f"fastai{f['fastai_major']} {label} (s)", t["ddipp"], t["launcher"], "torchrun launch")
+            alone("  one process (s)", t["single"])
         for task, accuracy in f["accuracy"].items():
-            rows.append(
-                (
-                    f"fastai{f['fastai_major']} {task} accuracy",
-                    accuracy["ddipp"],
-                    accuracy["single"],
-                    "one process",
-                    accuracy["ddipp"] / accuracy["single"],
-                    "~1.0",
-                )
+            compared(
+                f"fastai{f['fastai_major']} {task} accuracy",
+                accuracy["ddipp"],
+                accuracy["single"],
+                "one process",
+                "~1.0",
             )
     if "stream_s" in results:
         s = results["stream_s"]
-        rows.append(
-            ("10k lines, last (s)", s["ddipp"], s["px"], "%%px --stream", s["ddipp"] / s["px"], "<= 1.0")
-        )
+        compared("10k lines, last (s)", s["ddipp"], s["px"], "%%px --stream", "<= 1.0")
         if "first_byte_latency_ddipp" in s:
-            rows.append(("first byte latency (s)", s["first_byte_latency_ddipp"], None, "", None, "< 0.1"))
-        rows.append(
-            (
-                "10k lines, first (s)",
-                s["first_line_ddipp"],
-                s["first_line_px"],
-                "%%px --stream",
-                s["first_line_ddipp"] / s["first_line_px"],
-                "",
-            )
-        )
+            alone("first byte latency (s)", s["first_byte_latency_ddipp"], "< 0.1")
+        compared("10k lines, first (s)", s["first_line_ddipp"], s["first_line_px"], "%%px --stream")
     lines = [f"{'benchmark':<28}{'ddipp':>12}{'peer':>12}  {'peer is':<18}{'ratio':>8}  target"]
-    for name, ours, peer, peer_name, ratio, target in rows:
+    for name, ours, peer, peer_name, target in rows:
         peer_text = f"{peer:12.3f}" if peer is not None else " " * 12
-        ratio_text = f"{ratio:8.3f}" if ratio is not None else " " * 8
+        ratio_text = f"{ours / peer:8.3f}" if peer is not None else " " * 8
         lines.append(f"{name:<28}{ours:12.3f}{peer_text}  {peer_name:<18}{ratio_text}  {target}")
     for key, value in results.get("faults_s", {}).items():
         lines.append(f"{key:<40}{value:8.3f} s")
