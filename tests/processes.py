@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import psutil
@@ -43,8 +45,10 @@ def descendants_alive() -> list[psutil.Process]:
     return alive
 
 
-def wait_until_dead(pid: int, timeout: float = 5.0) -> None:
-    """Wait until `pid` has ended (a zombie counts), without reaping it."""
+def sigkill_and_wait(pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL `pid` (a rank) and wait until it has ended (a zombie counts), without reaping it:
+    ddipp must still be able to read how it ended."""
+    os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

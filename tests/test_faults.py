@@ -19,7 +19,7 @@ import pytest
 from ddipp.errors import GroupFailed, InvalidSequence, LaunchFailed, RankError
 from ddipp.fsm import State
 from ddipp.notebooks import KernelSession
-from tests.processes import TAG_VARIABLE, descendants_alive, wait_until_dead, wait_until_gone
+from tests.processes import TAG_VARIABLE, descendants_alive, sigkill_and_wait, wait_until_gone
 
 # Far above what each step takes; there only so that a regression fails rather than hangs.
 HANG_GUARD_S = 20
@@ -65,8 +65,7 @@ def test_a_rank_that_dies_between_cells_is_noticed_at_the_next_magic(notebook):
     shell, session = notebook
     shell.run_line_magic("makedip", "-n 2 -a none")
     victim = session.cluster.ranks[0].pid
-    os.kill(victim, signal.SIGKILL)
-    wait_until_dead(victim)
+    sigkill_and_wait(victim)
     with pytest.raises(InvalidSequence, match=rf"rank 0 \(pid {victim}\) died"):
         shell.run_line_magic("dip", "--pull anything")
     assert session.state is State.FAILED

@@ -6,8 +6,6 @@ slow tier, real CPU ranks.
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 
 import hypothesis.strategies as st
@@ -22,7 +20,7 @@ from ddipp.fsm import State, Trigger, next_state
 from ddipp.magics import AutodipTransformer, DipMagics
 from ddipp.session import DipSession
 from tests.fakes import FakeProcessTable, FakeRanks
-from tests.processes import descendants_alive, wait_until_dead
+from tests.processes import descendants_alive, sigkill_and_wait
 
 VALID_STARTS = ["-n 1 -a torch", "-n 2 -a torch", "-n 3 -a none", "-n 2 -a torch --verbose False"]
 INVALID_STARTS = [
@@ -252,8 +250,7 @@ class MagicSequences(RuleBasedStateMachine):
     def a_rank_dies(self, rank: int) -> None:
         info = self.session.cluster.ranks[rank % self.world_size]
         if self.real:
-            os.kill(info.pid, signal.SIGKILL)
-            wait_until_dead(info.pid)
+            sigkill_and_wait(info.pid)
         else:
             self.table.kill(info.pid)
         self.rank_died = True

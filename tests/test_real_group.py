@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 
 import pytest
 
 from ddipp.errors import CellTimeout, InvalidSequence, LaunchFailed, PullError, PushError, RankError
 from ddipp.fsm import State
-from tests.processes import descendants_alive, wait_until_dead
+from tests.processes import descendants_alive, sigkill_and_wait
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +67,7 @@ def test_a_killed_rank_fails_the_group_and_restart_rebuilds_it(notebook):
     shell, session = notebook
     shell.run_line_magic("makedip", "-n 2 -a torch")
     victim = session.cluster.ranks[1].pid
-    os.kill(victim, signal.SIGKILL)
-    wait_until_dead(victim)
+    sigkill_and_wait(victim)
     with pytest.raises(InvalidSequence, match=rf"rank 1 \(pid {victim}\) died: signal SIGKILL"):
         shell.run_cell_magic("dip", "", "print('never')")
     assert session.state is State.FAILED
