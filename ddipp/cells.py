@@ -10,7 +10,7 @@ _LOCAL_MARKER = re.compile(r"^#\s*dip_locally(?!\w)")
 DDIPP_MAGICS = frozenset({"dip", "makedip", "autodip", "dipstatus"})
 _MAGIC_NAME = re.compile(r"^%{1,2}([A-Za-z_][\w]*)")
 # `%unload_ext ddipp` (and load/reload) concern the notebook's ddipp, not the ranks'.
-_DDIPP_EXTENSION = re.compile(r"^%(?:load|unload|reload)_ext\s+ddipp\s*$")
+_DDIPP_EXTENSION = re.compile(r"^%(?:load|unload|reload)_ext\s+ddipp\s*(?:#.*)?$")
 
 
 class Route(str, Enum):

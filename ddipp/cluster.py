@@ -5,16 +5,22 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psutil
 
-from .errors import LaunchFailed, PullError
+from .errors import LaunchFailed, PullError, PushError
 from .router import RankMessage
 from .spec import GroupSpec
 
@@ -24,8 +30,13 @@ CONTROLLER_ARGS = ["--HeartMonitor.period=500"]
 # Seconds a process gets after SIGTERM before SIGKILL: ranks first, then the controller.
 STOP_GRACE_S = 2.0
 KILL_GRACE_S = 3.0
-OUTPUT_GRACE_S = 1.0
 EXIT_STATUS_WAIT_S = 1.0
+# How long the ranks get to show that their process group still works after a failed cell.
+PROBE_S = 2.0
+# Finished requests whose late output (written after the cell ended) is still looked for.
+LATE_OUTPUT_REQUESTS = 256
+# ipyparallel's messages go to a logger of ddipp's own: in Jupyter its default is the kernel's.
+LOGGER = "ddipp.ipyparallel"
 
 # Not output: tells whoever reads the messages that the run has ended.
 WAKE = RankMessage(-1, "wake", {})
@@ -35,6 +46,12 @@ NOT_OUTPUT = frozenset({"status", "execute_input"})
 RANK_DID_NOT_JOIN = "rank {rank} did not join the process group: {error}"
 RENDEZVOUS_TIMEOUT = "the process group did not form within {timeout:g} s (raise it with %makedip -t SECONDS)"
 NOT_DEFINED_ON_RANK = "%dip --pull: {error} on rank {rank}"
+UNSENDABLE = "%dip --push: {name!r} cannot be sent to the ranks ({error}); nothing was pushed"
+UNLOADABLE = (
+    "%dip --push: {name!r} cannot be loaded on rank {rank} ({error}); nothing was pushed, the "
+    "group is as it was. Define it on the ranks instead (for example import its module there)"
+)
+OUTPUT_CUT = "ddipp: rank {rank} ended before its output did; what it wrote last may be missing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +89,10 @@ class CellRun(Protocol):
         """Ranks whose execution has ended (successfully or not)."""
         ...
 
+    def notes(self) -> list[str]:
+        """What the notebook should be told about the run (output that may be missing)."""
+        ...
+
 
 class RankCluster(Protocol):
     """What the session needs of a group of rank processes; a fake one serves the fuzzer."""
@@ -82,11 +103,21 @@ class RankCluster(Protocol):
 
     def run_setup(self, code: str) -> None: ...
 
-    def submit(self, code: str, on_message: Callable[[RankMessage], None]) -> CellRun: ...
+    def submit(
+        self, code: str, on_message: Callable[[RankMessage], None], cell_number: int | None = None
+    ) -> CellRun: ...
 
-    def check_serializable(self, value: Any) -> None: ...
+    def late_output(self) -> list[RankMessage]:
+        """Output the ranks wrote after their cell had ended, not shown yet."""
+        ...
 
-    def push(self, namespace: dict[str, Any]) -> None: ...
+    def pack(self, namespace: dict[str, Any]) -> Any:
+        """Serialise values for `push`, once; `PushError` names a value that cannot be sent."""
+        ...
+
+    def push(self, packed: Any) -> None:
+        """Every rank gets every value, or none does (`PushError` names the value and rank)."""
+        ...
 
     def pull(self, names: list[str], rank: int) -> list[Any]: ...
 
@@ -96,6 +127,14 @@ class RankCluster(Protocol):
 
     def reform(self) -> None:
         """Form the process group again on every rank (same ranks, devices, backend)."""
+        ...
+
+    def group_healthy(self) -> bool:
+        """Whether the process group still works on every rank (asked of the group itself)."""
+        ...
+
+    def stale_group_ranks(self, ranks: list[int]) -> list[int]:
+        """Which of `ranks` failed by using an object built on a group since re-formed."""
         ...
 
     def dead_ranks(self) -> list[RankDeath]: ...
@@ -122,10 +161,11 @@ def describe_exit(returncode: int | None) -> str:
 class IpyparallelCellRun:
     """A cell on every rank through ipyparallel; done once each rank's output has ended."""
 
-    def __init__(self, async_result, pids: list[int]) -> None:
+    def __init__(self, async_result, pids: list[int], is_dead: Callable[[int], bool]) -> None:
         self._result = async_result
         self._pids = pids
-        self._ready_since: float | None = None
+        self._is_dead = is_dead
+        self._cut: list[int] = []
 
     def done(self) -> bool:
         # The request futures themselves, not the AsyncResult's own resolution (a callback
@@ -133,14 +173,17 @@ class IpyparallelCellRun:
         children = self._result._children
         if not all(child.done() for child in children):
             return False
-        # ipyparallel resolves a request's `output` future at the rank's final `idle`.
-        if all(child.output.done() for child in children):
-            return True
-        # A rank that died sends no final `idle`; don't wait for it forever.
-        now = time.monotonic()
-        if self._ready_since is None:
-            self._ready_since = now
-        return now - self._ready_since > OUTPUT_GRACE_S
+        # ipyparallel resolves a request's `output` future at the rank's final `idle`, which
+        # comes after everything the rank wrote for the cell: wait for it, however late,
+        # unless the rank is gone (a dead rank sends no `idle`).
+        waiting = [rank for rank, child in enumerate(children) if not child.output.done()]
+        if any(not self._is_dead(rank) for rank in waiting):
+            return False
+        self._cut = waiting
+        return True
+
+    def notes(self) -> list[str]:
+        return [OUTPUT_CUT.format(rank=rank) for rank in self._cut]
 
     def failures(self) -> dict[int, tuple[str, str, list[str]]]:
         found = {}
@@ -175,6 +218,11 @@ class IpyparallelRanks:
         self._engine_ids: list[int] = []
         self._processes: list[psutil.Process] = []
         self._spec: GroupSpec | None = None
+        self._rendezvous_dir: str | None = None
+        self._formations = 0
+        # (msg_id, rank) of finished cells: output that arrives for them later is late output.
+        self._finished: deque[tuple[str, int]] = deque(maxlen=LATE_OUTPUT_REQUESTS)
+        self._open: list[tuple[str, int]] = []
 
     def start(self, spec: GroupSpec) -> list[RankInfo]:
         """Start the processes and form the group; on any failure stop all and raise."""
@@ -200,11 +248,12 @@ class IpyparallelRanks:
             controller_args=CONTROLLER_ARGS,
             delay=0,
             engine_timeout=math.ceil(spec.timeout),
-            log_level=logging.WARNING,
+            log=_own_logger(),
             # the session stops the group at exit itself, and waits for every process
             shutdown_atexit=False,
         )
         self._cluster = cluster
+        self._rendezvous_dir = tempfile.mkdtemp(prefix="ddipp-rendezvous-")
         cluster.start_controller_sync(controller_cmd=_guarded("ipyparallel.controller"))
         self._adopt(cluster.controller.process.pid)
         environment = {} if spec.on_gpus else {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -232,26 +281,52 @@ class IpyparallelRanks:
     def release(self, ranks: list[int]) -> None:
         from . import rank as rank_side
 
+        pids = [info.pid for info in self.ranks]
         for rank in ranks:
             # The rank has finished its cell, so this runs at once; no need to wait for it.
-            self._client[self._engine_ids[rank]].apply_async(rank_side.leave_group)
+            self._client[self._engine_ids[rank]].apply_async(rank_side.abort_group, pids)
 
     def reform(self) -> None:
+        from . import rank as rank_side
+
         if self._spec is None:
             raise LaunchFailed("no group to re-form")
+        # Every rank leaves the old group for good first, so nothing built on it can hang.
+        self._view.apply_sync(rank_side.abort_group, [info.pid for info in self.ranks])
         self.ranks = self._form_group(self._spec)
+
+    def group_healthy(self) -> bool:
+        from . import rank as rank_side
+
+        try:
+            return all(self._view.apply_sync(rank_side.probe_group, PROBE_S))
+        except Exception:
+            return False
+
+    def stale_group_ranks(self, ranks: list[int]) -> list[int]:
+        from . import rank as rank_side
+
+        if self._formations < 2:
+            return []
+        found = self._client[[self._engine_ids[r] for r in ranks]].apply_sync(
+            rank_side.last_error_used_a_retired_group
+        )
+        return [rank for rank, stale in zip(ranks, found, strict=True) if stale]
 
     def _form_group(self, spec: GroupSpec) -> list[RankInfo]:
         from . import rank as rank_side
 
-        port = self._client[self._engine_ids[0]].apply_sync(rank_side.open_rendezvous, LOOPBACK)
+        self._formations += 1
+        # A fresh store file for each formation: keys of an earlier one must not be seen.
+        store_path = os.path.join(self._rendezvous_dir, f"store-{self._formations}")
         pending = [
             self._client[engine_id].apply_async(
                 rank_side.form_group,
                 rank,
                 spec.world_size,
                 LOOPBACK,
-                port,
+                _free_port(),
+                store_path,
                 spec.backend,
                 spec.devices[rank],
                 spec.timeout,
@@ -281,11 +356,19 @@ class IpyparallelRanks:
         """Run `code` on every rank, raising the first rank's error."""
         self._view.execute(code, block=True)
 
-    def submit(self, code: str, on_message: Callable[[RankMessage], None]) -> IpyparallelCellRun:
+    def submit(
+        self, code: str, on_message: Callable[[RankMessage], None], cell_number: int | None = None
+    ) -> IpyparallelCellRun:
         from ipyparallel.client.asyncresult import AsyncResult
+
+        from . import rank as rank_side
 
         client = self._client
         idents, targets = client._build_targets(self._engine_ids)
+        if cell_number is not None:
+            code = f"{rank_side.CELL_NUMBER_MARKER}{cell_number}\n{code}"
+        # The previous cell has ended: from now on, what arrives for it is late output.
+        self._finished.extend(self._open)
 
         def relay(rank: int, msg: dict) -> None:
             kind = msg["header"]["msg_type"]
@@ -316,15 +399,60 @@ class IpyparallelRanks:
         for future in futures:
             future.add_done_callback(wake_when_all_done)
             future.output.add_done_callback(wake_when_all_done)
-        return IpyparallelCellRun(result, [info.pid for info in self.ranks])
+        self._open = [(future.msg_id, rank) for rank, future in enumerate(futures)]
+        return IpyparallelCellRun(result, [info.pid for info in self.ranks], self._rank_is_dead)
 
-    def check_serializable(self, value: Any) -> None:
-        from ipyparallel.serialize import serialize_object
+    def late_output(self) -> list[RankMessage]:
+        # ipyparallel forgets a request once its reply and `idle` are in, and keeps what
+        # arrives for it later in `Client.metadata` (a fresh entry): that is late output.
+        found = []
+        for msg_id, rank in list(self._finished):
+            # (`in` first: the metadata is a defaultdict, a plain lookup would add an entry)
+            if msg_id not in self._client.metadata:
+                continue
+            metadata = self._client.metadata.pop(msg_id, {})
+            for name in ("stdout", "stderr"):
+                if metadata.get(name):
+                    text = {"name": name, "text": metadata[name]}
+                    found.append(RankMessage(rank, "stream", text, late=True))
+            for output in metadata.get("outputs", []):
+                found.append(RankMessage(rank, "display_data", output, late=True))
+        return found
 
-        serialize_object(value)
+    def _rank_is_dead(self, rank: int) -> bool:
+        process = self._rank_process(self.ranks[rank].pid)
+        return process is None or not _is_alive(process)
 
-    def push(self, namespace: dict[str, Any]) -> None:
-        self._view.push(namespace, block=True)
+    def pack(self, namespace: dict[str, Any]) -> tuple[list[tuple[str, int]], list[Any]]:
+        import cloudpickle
+
+        layout, frames = [], []
+        for name, value in namespace.items():
+            buffers: list[pickle.PickleBuffer] = []
+            try:
+                # Pickle protocol 5 keeps large arrays out of band: nothing is copied here.
+                header = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+            except Exception as error:
+                raise PushError(UNSENDABLE.format(name=name, error=error)) from None
+            layout.append((name, len(buffers)))
+            frames.extend([memoryview(header), *(buffer.raw() for buffer in buffers)])
+        return layout, frames
+
+    def push(self, packed: tuple[list[tuple[str, int]], list[Any]]) -> None:
+        from . import rank as rank_side
+
+        layout, frames = packed
+        token = uuid.uuid4().hex
+        try:
+            problems = self._view.apply_sync(rank_side.stage_push, token, layout, *frames)
+            for rank, problem in enumerate(problems):
+                if problem is not None:
+                    name, error = problem
+                    raise PushError(UNLOADABLE.format(name=name, rank=rank, error=error))
+        except BaseException:
+            self._view.apply_async(rank_side.discard_push, token)  # no rank keeps any of it
+            raise
+        self._view.apply_sync(rank_side.commit_push, token)
 
     def pull(self, names: list[str], rank: int) -> list[Any]:
         from ipyparallel.error import RemoteError
@@ -410,6 +538,7 @@ class IpyparallelRanks:
             self._client.close()
         if self._cluster is not None:
             # Ranks ended on purpose exit non-zero; ipyparallel would then dump their logs.
+            # The logger is ddipp's own (see `_own_logger`), so this silences nothing else.
             self._cluster.log.setLevel(logging.ERROR)
         # The ranks have left the group: end them (and the nannies that would otherwise
         # linger for seconds) by pid, then let ipyparallel stop its controller.
@@ -420,10 +549,30 @@ class IpyparallelRanks:
             except Exception:
                 pass  # anything still running is ended below
         _end_processes(self._family(), KILL_GRACE_S)
+        if self._rendezvous_dir is not None:
+            shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
         self._cluster = self._client = self._view = None
+        self._rendezvous_dir = None
         self._engine_ids = []
         self._processes = []
         self.ranks = []
+
+
+def _own_logger() -> logging.Logger:
+    """ddipp's logger for ipyparallel's messages, at WARNING, printing to stderr."""
+    logger = logging.getLogger(LOGGER)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler(sys.stderr))
+    return logger
+
+
+def _free_port() -> int:
+    """A port free on loopback now: MASTER_PORT for code that forms a group of its own."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
 
 
 def _guarded(module: str) -> list[str]:

@@ -24,7 +24,24 @@ FLAGS_WITH_STOP = (
     "%makedip --{action} takes no other flags (found {flags}); --restart reuses the group's settings"
 )
 LOCAL_FAILED = "%%dip --to both: the local run failed, so the ranks were not run"
+LOCAL_ONLY_FAILED = "%%dip --to local: the cell raised {error} (traceback above)"
 AUTODIP_USAGE = "%autodip takes on [%%dip flags], off, or nothing (to show the mode), not {line!r}"
+
+
+def strip_comment(line: str) -> str:
+    """`line` without a trailing `# comment`: a `#` that starts a word outside quotes.
+
+    As in a shell, `#` inside quotes or inside a word (`a#b`) is part of an argument.
+    """
+    quote = ""
+    for position, char in enumerate(line):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (position == 0 or line[position - 1].isspace()):
+            return line[:position].rstrip()
+    return line
 
 
 def parse_bool(value: str) -> bool:
@@ -140,7 +157,7 @@ class DipMagics(Magics):
     def makedip(self, line: str) -> None:
         """Start, restart or stop the DDP group."""
         self.session.check_health()
-        args = parse_argstring(self.makedip, line)
+        args = parse_argstring(self.makedip, strip_comment(line))
         if args.kill or args.restart:
             if args.kill and args.restart:
                 raise UsageError(KILL_AND_RESTART)
@@ -182,7 +199,7 @@ class DipMagics(Magics):
         return self._dip_cell(line, cell)
 
     def _dip_line(self, line: str) -> None:
-        args = parse_argstring(_dip_line_flags, line)
+        args = parse_argstring(_dip_line_flags, strip_comment(line))
         if args.push and args.pull:
             raise UsageError(PUSH_AND_PULL)
         if args.push:
@@ -195,32 +212,42 @@ class DipMagics(Magics):
             raise UsageError(PUSH_OR_PULL)
 
     def _dip_cell(self, line: str, cell: str):
-        args = parse_argstring(_dip_cell_flags, line)
+        args = parse_argstring(_dip_cell_flags, strip_comment(line))
         see = parse_ranks(args.see)
         timeout = parse_seconds(args.timeout)
         if args.to == "local":
-            self._run_locally(cell)
+            error = self._run_locally(cell)
+            if error is not None:  # the cell fails, as a local cell would: Run All stops
+                raise LocalRunFailed(LOCAL_ONLY_FAILED.format(error=_describe(error)))
             return None
         if args.to == "both":  # check the group before the local half runs
             self.session.check_health()
             self.session.lifecycle.require(Trigger.RUN, "%%dip --to both")
-            if not self._run_locally(cell):
+            if self._run_locally(cell) is not None:
                 raise LocalRunFailed(LOCAL_FAILED)
-        return self.session.run_cell(cell, NotebookSink(), see=see, quiet=args.quiet, timeout=timeout)
+        return self.session.run_cell(
+            cell,
+            NotebookSink(),
+            see=see,
+            quiet=args.quiet,
+            timeout=timeout,
+            cell_number=_current_cell_number(self.shell),
+        )
 
-    def _run_locally(self, cell: str) -> bool:
-        """Run `cell` in the notebook, as a cell of its own but without autodip; True if it passed."""
+    def _run_locally(self, cell: str) -> BaseException | None:
+        """Run `cell` in the notebook, as a cell of its own but without autodip; what it raised."""
         self.transformer.suspended = True
         try:
-            return self.shell.run_cell(cell, store_history=False).success
+            result = self.shell.run_cell(cell, store_history=False)
         finally:
             self.transformer.suspended = False
+        return result.error_before_exec or result.error_in_exec
 
     @line_magic
     def autodip(self, line: str) -> None:
         """%autodip on [%%dip flags] | %autodip off | %autodip: run every cell on the ranks, or not."""
         self.session.check_health()
-        mode, _, flags = line.strip().partition(" ")
+        mode, _, flags = strip_comment(line).strip().partition(" ")
         flags = flags.strip()
         if not mode:
             print(self.session.autodip.describe())
@@ -238,7 +265,20 @@ class DipMagics(Magics):
     @line_magic
     def dipstatus(self, line: str) -> None:
         """Show the group's state, its ranks (pid, device, alive, memory)."""
-        if line.strip():
+        if strip_comment(line).strip():
             raise UsageError("%dipstatus takes no arguments")
         print(self.session.status().render())
         print(self.session.autodip.describe())
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _current_cell_number(shell) -> int:
+    """The execution count of the cell running now (`In[n]`).
+
+    IPython stores a cell's input before running it, but increments `execution_count` before
+    the cell in some versions and after it in others: the input history says which cell runs.
+    """
+    return max(len(shell.history_manager.input_hist_parsed) - 1, 1)

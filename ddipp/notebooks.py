@@ -94,11 +94,13 @@ class KernelSession:
         """The kernel's process id."""
         return self._manager.provisioner.process.pid
 
-    def run(self, code: str, timeout: float = 120, interrupt_after: float | None = None) -> CellMessages:
+    def run(
+        self, code: str, timeout: float = 120, interrupt_after: float | tuple[float, ...] | None = None
+    ) -> CellMessages:
         """Execute `code`; return once its final `idle` and its reply have arrived.
 
         `interrupt_after`: interrupt the kernel (as Jupyter's stop button does) that many
-        seconds after sending the cell.
+        seconds after sending the cell (several numbers: once at each).
         """
         client = self._client
         sent_at = time.perf_counter()
@@ -106,7 +108,9 @@ class KernelSession:
         if interrupt_after is not None:
             import threading
 
-            threading.Timer(interrupt_after, self._manager.interrupt_kernel).start()
+            delays = interrupt_after if isinstance(interrupt_after, tuple) else (interrupt_after,)
+            for delay in delays:
+                threading.Timer(delay, self._manager.interrupt_kernel).start()
         iopub: list[tuple[float, dict]] = []
         while True:
             message = client.get_iopub_msg(timeout=timeout)

@@ -3,34 +3,26 @@
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import sys
+import time
+import weakref
 from datetime import timedelta
+from typing import Any
 
 # How long a rank's stdout/stderr may hold text before sending it (ipykernel's default is 0.2 s):
 # output should reach the notebook within 100 ms of being written.
 OUTPUT_FLUSH_INTERVAL_S = 0.02
+# The first line the notebook puts before a cell's code: the notebook's execution count.
+CELL_NUMBER_MARKER = "#ddipp-cell-number "
+# Names under which torch.distributed and DDP code hold a process group in their frames.
+_GROUP_LOCALS = ("self", "group", "pg", "process_group")
 
-
-# The listening socket of rank 0's rendezvous store, bound by `open_rendezvous` and handed to
-# the store in `form_group` (the store then owns it).
-_rendezvous_fd: int | None = None
-
-
-def open_rendezvous(host: str) -> int:
-    """Rank 0: listen on `host` at a free port for the rendezvous store; return the port.
-
-    Binding here (not in the store, which would listen on every interface) keeps the
-    rendezvous on `host`, and choosing the port where it is bound leaves no race for it.
-    """
-    global _rendezvous_fd
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, 0))
-    listener.listen(128)
-    port = listener.getsockname()[1]
-    _rendezvous_fd = listener.detach()
-    return port
+# Groups taken apart by `abort_group`, so that their later use can be recognised. Weakly
+# held: an old group nothing uses any more must close its sockets.
+_retired_groups: weakref.WeakSet = weakref.WeakSet()
+_staged_pushes: dict[str, dict[str, Any]] = {}
 
 
 def loopback_interface() -> str | None:
@@ -48,11 +40,16 @@ def form_group(
     world_size: int,
     master_addr: str,
     master_port: int,
+    store_path: str,
     backend: str,
     gpu: int | None,
     timeout_s: float,
 ) -> dict:
-    """Join the torch.distributed group as `rank`; return what `%dipstatus` shows of it."""
+    """Join the torch.distributed group as `rank`; return what `%dipstatus` shows of it.
+
+    The ranks meet in a file store in a folder private to the user (one host): nothing
+    listens for the rendezvous, so no other process can join or disturb it.
+    """
     os.environ.update(
         RANK=str(rank),
         # On GPUs, the device index: code that picks `cuda:LOCAL_RANK` (accelerate, hence
@@ -83,20 +80,12 @@ def form_group(
             os.environ["GLOO_SOCKET_IFNAME"] = interface
     kwargs: dict = {"device_id": torch.device(device)} if gpu is not None else {}
     timeout = timedelta(seconds=timeout_s)
-    global _rendezvous_fd
-    listen_fd, _rendezvous_fd = (_rendezvous_fd, None) if rank == 0 else (None, None)
-    store = dist.TCPStore(
-        master_addr,
-        master_port,
-        world_size,
-        is_master=rank == 0,
-        timeout=timeout,
-        master_listen_fd=listen_fd,
-    )
+    store = dist.FileStore(store_path, world_size)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout, **kwargs)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "flush_interval"):
             stream.flush_interval = OUTPUT_FLUSH_INTERVAL_S
+    _number_cells_as_the_notebook()
     return {"rank": rank, "pid": os.getpid(), "device": device, "host": socket.gethostname()}
 
 
@@ -106,6 +95,142 @@ def leave_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def abort_group(peer_pids: list[int]) -> None:
+    """Take this rank out of its process group so that no peer can wait for it any more.
+
+    `destroy_process_group` alone does not do that while a DDP model (or a group from
+    `new_group`) still holds the backend: gloo's connections stay open and a peer blocked in a
+    collective waits for the whole timeout. So the connections themselves are shut: NCCL
+    communicators are aborted, gloo's sockets to the peers are shut down (peers then fail at
+    once with "Connection closed by peer"). Objects built on the old group fail at once when
+    used again; `last_error_used_a_retired_group` recognises that.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    from torch.distributed import distributed_c10d
+
+    groups = list(distributed_c10d._world.pg_map)
+    _retired_groups.update(groups)
+    if any(dist.get_backend(group) == "nccl" for group in groups):
+        distributed_c10d._abort_process_group()
+    _shut_sockets_to(set(peer_pids) - {os.getpid()})
+    dist.destroy_process_group()
+
+
+def _shut_sockets_to(peer_pids: set[int]) -> None:
+    """Shut down this process's TCP connections to sockets that the processes `peer_pids` own."""
+    import psutil
+
+    peer_addresses = {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections(kind="tcp")
+        if c.pid in peer_pids and c.laddr
+    }
+    for connection in psutil.Process().net_connections(kind="tcp"):
+        if connection.raddr and (connection.raddr.ip, connection.raddr.port) in peer_addresses:
+            try:
+                duplicate = socket.socket(fileno=os.dup(connection.fd))
+            except OSError:
+                continue  # closed in the meantime
+            try:
+                duplicate.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected any more
+            finally:
+                duplicate.close()
+
+
+def probe_group(within_s: float) -> bool:
+    """Whether the process group still works: a collective every rank joins, bounded here."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return False
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    try:
+        work = dist.all_reduce(torch.ones(1, device=device), async_op=True)
+        deadline = time.monotonic() + within_s
+        while not work.is_completed():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        work.wait()
+    except Exception:
+        return False
+    return True
+
+
+def last_error_used_a_retired_group() -> bool:
+    """Whether the last cell's error came from a DDP model or group of a retired group."""
+    traceback = getattr(sys, "last_traceback", None)
+    if not _retired_groups or traceback is None:
+        return False
+    retired = {id(group) for group in _retired_groups}
+    while traceback is not None:
+        local_values = traceback.tb_frame.f_locals
+        for name in _GROUP_LOCALS:
+            value = local_values.get(name)
+            if id(value) in retired or id(getattr(value, "process_group", object())) in retired:
+                return True
+        traceback = traceback.tb_next
+    return False
+
+
+def _number_cells_as_the_notebook() -> None:
+    """Cells sent by the notebook run under its execution count (tracebacks name its cell)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None or number_cell in shell.input_transformers_cleanup:
+        return
+    shell.input_transformers_cleanup.insert(0, number_cell)
+
+
+def number_cell(lines: list[str]) -> list[str]:
+    """An IPython input transformer: the marker line sets the execution count and goes away."""
+    if not lines or not lines[0].startswith(CELL_NUMBER_MARKER):
+        return lines
+    from IPython import get_ipython
+
+    try:
+        get_ipython().execution_count = int(lines[0][len(CELL_NUMBER_MARKER) :])
+    except ValueError:
+        pass  # not a marker of ours after all: run the cell without it
+    return lines[1:]
+
+
+def stage_push(token: str, layout: list[tuple[str, int]], *frames: memoryview) -> tuple[str, str] | None:
+    """Load pushed values beside the namespace (not in it yet); the name and error of the first
+    value that cannot be loaded here, or None. `commit_push` then makes them visible."""
+    staged: dict[str, Any] = {}
+    position = 0
+    for name, count in layout:
+        header, buffers = frames[position], frames[position + 1 : position + 1 + count]
+        position += 1 + count
+        try:
+            # Writable copies: arrays loaded straight from the message would be read-only.
+            staged[name] = pickle.loads(header, buffers=[bytearray(b) for b in buffers])
+        except Exception as error:
+            return name, f"{type(error).__name__}: {error}"
+    _staged_pushes[token] = staged
+    return None
+
+
+def commit_push(token: str) -> None:
+    """Make staged values visible in the rank's namespace."""
+    from IPython import get_ipython
+
+    get_ipython().user_ns.update(_staged_pushes.pop(token))
+
+
+def discard_push(token: str) -> None:
+    """Forget staged values (another rank could not load the push)."""
+    _staged_pushes.pop(token, None)
 
 
 def memory_in_use() -> dict:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from .errors import RankError
 
 RANK_LABEL = "[rank {rank}]\n"
+LATE_LABEL = "[rank {rank}, written after its cell had ended]\n"
 _CELL_NUMBER = re.compile(r"(Cell In\s*)\[\d+\]|(In\s*)\[\d+\]")
 
 
@@ -20,6 +21,7 @@ class RankMessage:
     rank: int
     msg_type: str
     content: Mapping[str, Any]
+    late: bool = False  # written after the rank's cell had ended, shown in a later cell
 
 
 class Sink(Protocol):
@@ -60,6 +62,7 @@ class OutputRouter:
         self._quiet = quiet
         self._label_all = shown != frozenset({0})
         self._last_source: int | None = None
+        self._late_source: int | None = None
         self._at_line_start = True
         self._errors: dict[tuple, list] = {}
         self.result: RankResult | None = None
@@ -77,6 +80,9 @@ class OutputRouter:
             return
         if self._quiet or rank not in self._shown:
             return
+        if message.late and self._late_source != rank:
+            self._label(rank, LATE_LABEL)
+        self._late_source = rank if message.late else None
         if kind == "stream":
             self._label(rank)
             text = content.get("text", "")
@@ -128,11 +134,11 @@ class OutputRouter:
         ]
         return RankError(failures)
 
-    def _label(self, rank: int) -> None:
-        if not (self._label_all or rank != 0) or rank == self._last_source:
+    def _label(self, rank: int, label: str = "") -> None:
+        if not label and (not (self._label_all or rank != 0) or rank == self._last_source):
             self._last_source = rank
             return
         prefix = "" if self._at_line_start else "\n"
-        self._sink.stream("stdout", prefix + RANK_LABEL.format(rank=rank))
+        self._sink.stream("stdout", prefix + (label or RANK_LABEL).format(rank=rank))
         self._at_line_start = True
         self._last_source = rank

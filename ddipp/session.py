@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import queue
 import time
 from collections.abc import Callable, Iterable, MutableMapping
@@ -11,7 +12,14 @@ from typing import Any, NoReturn
 from .apps import get_app
 from .cluster import CellRun, IpyparallelRanks, RankCluster, RankDeath, RankInfo
 from .errors import CellTimeout, GroupFailed, InvalidSequence, LaunchFailed, PullError, PushError
-from .fsm import GROUP_TRIGGERS_THAT_END_AUTODIP, Autodip, GroupLifecycle, State, Trigger
+from .fsm import (
+    GROUP_TRIGGERS_THAT_END_AUTODIP,
+    TRANSIENT_STATES,
+    Autodip,
+    GroupLifecycle,
+    State,
+    Trigger,
+)
 from .router import OutputRouter, RankMessage, RankResult, Sink
 from .spec import GroupSpec
 
@@ -20,21 +28,28 @@ POLL_S = 0.1
 # How long a rank that raised may wait for the others before it is taken out of the group.
 RELEASE_GRACE_S = 0.5
 INTERRUPT_GRACE_S = 2.0
+# How many times a stop is tried when something (an interrupt, an error) breaks into it.
+STOP_ATTEMPTS = 3
 
 UNDEFINED_NAMES = "%dip --push: {names} not defined in the notebook; nothing was pushed"
-UNSENDABLE = "%dip --push: {name!r} cannot be sent to the ranks ({error}); nothing was pushed"
 BAD_RANK = "{magic}: rank {rank} does not exist; this group has ranks 0..{last}"
 RANK_DIED = "rank {rank} (pid {pid}) died: {how}"
 GROUP_BROKEN_ADVICE = "Use %makedip --restart for a fresh group, or %makedip --kill."
 CELL_TIMED_OUT = "%%dip: the cell ran past --timeout {timeout:g} s on the ranks"
 INTERRUPT_IGNORED = "the ranks did not stop within {grace:g} s of the interrupt"
-# After such an error a gloo or NCCL group is broken for good: ddipp forms it again.
-COLLECTIVE_ERROR_WORDS = ("gloo", "NCCL", "Connection closed by peer", "Timed out", "timed out")
 REFORM_FAILED = "the process group could not be re-formed after rank(s) {ranks} failed: {error}"
 GROUP_REFORMED = (
-    "ddipp: the process group broke (rank(s) {ranks} failed while others were in or near a "
-    "collective); it was formed again on every rank"
+    "ddipp: the process group broke (rank(s) {ranks} failed); it was formed again on every rank. "
+    "Variables on the ranks are kept; DDP models and groups built before must be built again "
+    "(wrap the model in DistributedDataParallel again)"
 )
+STALE_GROUP = (
+    "ddipp: rank(s) {ranks} used a DDP model or process group built before the group was formed "
+    "again; build it again (wrap the model in DistributedDataParallel again)"
+)
+INTERRUPTED = "{magic} was interrupted"
+BROKE = "{magic} failed: {error}"
+STOP_FAILED = "ddipp: stopping the group raised {error!r}; processes still running: {pids}"
 AUTODIP_ENDED = {
     Trigger.KILL: "ddipp: autodip is off: the group was stopped",
     Trigger.GROUP_BROKEN: "ddipp: autodip is off: the group failed",
@@ -74,6 +89,26 @@ class Status:
         return "\n".join(lines)
 
 
+def _settles(magic: str) -> Callable:
+    """Whatever breaks into the decorated request (an error, any number of interrupts), the
+    group ends in a state the table can leave, with the reason recorded."""
+
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def settled(self: DipSession, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except BaseException as error:
+                if self.state in TRANSIENT_STATES:
+                    reason = INTERRUPTED if isinstance(error, KeyboardInterrupt) else BROKE
+                    self._settle(reason.format(magic=magic, error=error))
+                raise
+
+        return settled
+
+    return decorate
+
+
 class DipSession:
     """Owns the lifecycle machine and the group's processes; the magics call into it."""
 
@@ -102,70 +137,113 @@ class DipSession:
 
     # --- group lifecycle -------------------------------------------------------------
 
+    @_settles("%makedip")
     def start(self, spec: GroupSpec, magic: str = "%makedip") -> None:
         """Start a group as `spec` says; on failure nothing is left running and state is idle."""
         self.check_health()
         self.lifecycle.require(Trigger.START, magic)
         self.spec = spec
         self.lifecycle.fire(Trigger.START)
-        cluster = self._cluster_factory()
         began = time.perf_counter()
+        self._cluster = self._cluster_factory()
         try:
-            cluster.start(spec)
-        except LaunchFailed:
+            self._cluster.start(spec)
+        except BaseException as error:
+            interrupted = self._stop_processes()
             self.lifecycle.fire(Trigger.LAUNCH_FAILED)
-            raise
-        except BaseException:
-            cluster.stop()
-            self.lifecycle.fire(Trigger.LAUNCH_FAILED)
-            raise
-        self._cluster = cluster
+            _raise_launch_failure(interrupted or error, "")
         self.lifecycle.fire(Trigger.GROUP_FORMED)
         try:
             setup = get_app(spec.app).rank_setup
             if setup:
-                cluster.run_setup(setup)
+                self._cluster.run_setup(setup)
         except BaseException as error:
-            self._stop_processes()
+            interrupted = self._stop_processes()
             self.lifecycle.fire(Trigger.PATCH_FAILED)
-            if isinstance(error, Exception):
-                raise LaunchFailed(f"app {spec.app!r} failed to set up the ranks: {error}") from error
-            raise
+            _raise_launch_failure(interrupted or error, f"app {spec.app!r} failed to set up the ranks: ")
         self.lifecycle.fire(Trigger.PATCHES_APPLIED)
         if spec.verbose:
             self._say(f"ddipp: {spec.describe()} ready in {time.perf_counter() - began:.1f} s")
 
+    @_settles("%makedip --kill")
     def kill(self, magic: str = "%makedip --kill") -> None:
-        """Stop the group and every process it has; back to idle."""
+        """Stop the group and every process it has, from any state that has them; back to idle."""
         self.check_health()
         self.lifecycle.require(Trigger.KILL, magic)
         self.lifecycle.fire(Trigger.KILL)
-        self._stop_processes()
+        interrupted = self._stop_processes()
         self.lifecycle.fire(Trigger.DRAINED)
+        if interrupted is not None:
+            raise interrupted
 
+    @_settles("%makedip --restart")
     def restart(self, magic: str = "%makedip --restart") -> None:
         """Stop the group and start a fresh one with the same settings."""
         self.check_health()
         self.lifecycle.require(Trigger.RESTART, magic)
         spec = self.spec
         self.lifecycle.fire(Trigger.RESTART)
-        self._stop_processes()
+        interrupted = self._stop_processes()
         self.lifecycle.fire(Trigger.DRAINED)
+        if interrupted is not None:
+            raise interrupted
         self.start(spec, magic)
 
     def shutdown(self) -> None:
         """Stop whatever runs, from any state (extension unload, interpreter exit)."""
-        if self._cluster is not None:
+        if self.state is State.IDLE:
             self._stop_processes()
-        if self.state in (State.PATCHED, State.FAILED):
+            return
+        if self.lifecycle.allows(Trigger.KILL):
             self.lifecycle.fire(Trigger.KILL)
-        if self.state is State.DRAINING:
-            self.lifecycle.fire(Trigger.DRAINED)
+        self._settle("the extension was unloaded")
 
-    def _stop_processes(self) -> None:
+    def _settle(self, reason: str) -> None:
+        """Leave a transient state by the table's own rows: a request was broken into.
+
+        Each step may itself be interrupted (a user pressing stop again): it is then retried,
+        so that the group always ends idle, patched or failed.
+        """
+        for _ in range(4 * STOP_ATTEMPTS):
+            try:
+                state = self.state
+                if state is State.RUNNING:
+                    self.lifecycle.fire(Trigger.GROUP_BROKEN, reason=reason)
+                elif state in (State.LAUNCHING, State.NCCL_READY, State.DRAINING):
+                    self._stop_processes()
+                    ended = {
+                        State.LAUNCHING: Trigger.LAUNCH_FAILED,
+                        State.NCCL_READY: Trigger.PATCH_FAILED,
+                        State.DRAINING: Trigger.DRAINED,
+                    }[state]
+                    self.lifecycle.fire(ended)
+                else:
+                    return
+            except KeyboardInterrupt:
+                continue
+
+    def _stop_processes(self) -> KeyboardInterrupt | None:
+        """Stop the group's processes, retrying through interrupts and errors; the first
+        interrupt that broke in, for the caller to raise once the state is settled."""
         cluster, self._cluster = self._cluster, None
-        if cluster is not None:
-            cluster.stop()
+        if cluster is None:
+            return None
+        interrupted: KeyboardInterrupt | None = None
+        failure: Exception | None = None
+        for _ in range(STOP_ATTEMPTS):
+            try:
+                cluster.stop()
+            except KeyboardInterrupt as error:
+                interrupted = interrupted or error
+                continue
+            except Exception as error:
+                failure = error
+                continue
+            failure = None
+            break
+        if failure is not None:
+            self._say(STOP_FAILED.format(error=failure, pids=sorted(cluster.pids()) or "none"))
+        return interrupted
 
     # --- health ------------------------------------------------------------------------
 
@@ -216,8 +294,10 @@ class DipSession:
 
     # --- namespaces --------------------------------------------------------------------
 
+    @_settles("%dip --push")
     def push(self, names: Iterable[str], namespace: MutableMapping[str, Any]) -> None:
-        """Send notebook variables to every rank: all of them, or none if one cannot go."""
+        """Send notebook variables to every rank: all of them, or none if one cannot go or
+        cannot be loaded on some rank (the group stays usable)."""
         names = list(dict.fromkeys(names))
         self.check_health()
         self.lifecycle.require(Trigger.RUN, "%dip --push")
@@ -226,19 +306,18 @@ class DipSession:
             raise PushError(UNDEFINED_NAMES.format(names=", ".join(map(repr, missing))))
         cluster = self._cluster
         assert cluster is not None
-        values = {name: namespace[name] for name in names}
-        for name, value in values.items():
-            try:
-                cluster.check_serializable(value)
-            except Exception as error:
-                raise PushError(UNSENDABLE.format(name=name, error=error)) from None
+        packed = cluster.pack({name: namespace[name] for name in names})
         cluster = self._begin("%dip --push")
         try:
-            cluster.push(values)
+            cluster.push(packed)
+        except (PushError, KeyboardInterrupt):
+            self._end()  # no rank kept any of it: the group is as it was
+            raise
         except Exception as error:
             self._fail_request("%dip --push", error)
         self._end()
 
+    @_settles("%dip --pull")
     def pull(self, names: Iterable[str], rank: int, namespace: MutableMapping[str, Any]) -> None:
         """Fetch variables from `rank` into the notebook: all of them, or none."""
         names = list(dict.fromkeys(names))
@@ -252,8 +331,8 @@ class DipSession:
         cluster = self._begin("%dip --pull")
         try:
             values = cluster.pull(names, rank)
-        except PullError:
-            self._end()
+        except (PullError, KeyboardInterrupt):
+            self._end()  # a pull changes nothing on the ranks
             raise
         except Exception as error:
             self._fail_request("%dip --pull", error)
@@ -262,6 +341,7 @@ class DipSession:
 
     # --- cells -------------------------------------------------------------------------
 
+    @_settles("%%dip")
     def run_cell(
         self,
         code: str,
@@ -269,12 +349,18 @@ class DipSession:
         see: frozenset[int] | None = None,
         quiet: bool = False,
         timeout: float | None = None,
+        cell_number: int | None = None,
     ) -> RankResult | None:
-        """Run `code` on every rank, routing output live; raise if any rank raised."""
+        """Run `code` on every rank, routing output live; raise if any rank raised.
+
+        `cell_number` is the notebook's execution count: the ranks run the cell under it, so
+        their tracebacks name the notebook's cell.
+        """
         self.lifecycle.require(Trigger.RUN, "%%dip")
         assert self.spec is not None
         self._check_ranks(see, "%%dip --see")
-        shown = frozenset(range(self.spec.world_size)) if see is None else see
+        world_size = self.spec.world_size
+        shown = frozenset(range(world_size)) if see is None else see
         cluster = self._begin("%%dip")
         router = OutputRouter(sink, shown, quiet)
         messages: queue.SimpleQueue[RankMessage] = queue.SimpleQueue()
@@ -285,15 +371,14 @@ class DipSession:
                 cluster.release(sorted(ranks - released))
                 released.update(ranks)
 
-        run = cluster.submit(code, messages.put)
+        run = cluster.submit(code, messages.put, cell_number)
+        _show_late_output(cluster, router)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            finished = _pump(run, messages, router, deadline, release, self.spec.world_size)
+            finished = _pump(run, messages, router, deadline, release, world_size)
         except KeyboardInterrupt:
             run.interrupt()
-            stopped = _pump(
-                run, messages, router, time.monotonic() + INTERRUPT_GRACE_S, release, self.spec.world_size
-            )
+            stopped = _wait_for_interrupted(run, messages, router, release, world_size)
             self._end(
                 broken=self._reform_after(released)
                 if stopped
@@ -303,23 +388,29 @@ class DipSession:
         if not finished:
             self._end(broken=CELL_TIMED_OUT.format(timeout=timeout))
             raise CellTimeout(f"{CELL_TIMED_OUT.format(timeout=timeout)}. {GROUP_BROKEN_ADVICE}")
+        _show_late_output(cluster, router)  # of earlier cells, arrived while this one ran
         for rank, (ename, evalue, traceback) in run.failures().items():
             if rank not in router.failed_ranks:
                 router.add_failure(rank, ename, evalue, traceback)
+        for note in run.notes():
+            self._say(note)
         error = router.error()
         dead = cluster.dead_ranks() if error is not None else []
         if dead:  # a rank that died shows up as a failure: say which, and how it ended
             self._end(broken=_death_reason(dead))
             raise GroupFailed(f"{self.lifecycle.reason}. {GROUP_BROKEN_ADVICE}")
-        if (
-            error is not None
-            and not released
-            and any(_is_collective_error(ename, evalue) for _, ename, evalue, _ in error.failures)
-        ):
-            released = set(range(self.spec.world_size))  # the group is broken on some rank
+        stale: list[int] = []
+        if error is not None and not released:
+            # Whether the group still works is asked of the group, not read from messages.
+            if cluster.group_healthy():
+                stale = cluster.stale_group_ranks(sorted(router.failed_ranks))
+            else:
+                released = set(range(world_size))
         self._end(broken=self._reform_after(released))
         if self.state is State.FAILED:
             raise GroupFailed(f"{self.lifecycle.reason}. {GROUP_BROKEN_ADVICE}")
+        if stale:
+            self._say(STALE_GROUP.format(ranks=", ".join(map(str, stale))))
         if error is not None:
             raise error
         return None if quiet else router.result
@@ -334,7 +425,10 @@ class DipSession:
         dead = frozenset(d.rank for d in cluster.dead_ranks()) if cluster is not None else frozenset()
         memory: tuple[dict, ...] = ()
         if cluster is not None and self.state is State.PATCHED and not dead:
-            memory = tuple(cluster.memory())
+            try:
+                memory = tuple(cluster.memory())
+            except Exception as error:  # the status is still worth showing
+                self._say(f"ddipp: could not read the ranks' memory: {error}")
         return Status(self.state, self.spec, ranks, dead, self.lifecycle.reason, memory)
 
     # --- autodip -------------------------------------------------------------------------
@@ -376,13 +470,42 @@ class DipSession:
             self._say(f"ddipp: {source.value} -> {dest.value} ({trigger.value})")
 
 
+def _raise_launch_failure(error: BaseException, prefix: str) -> NoReturn:
+    """Re-raise what broke a start: interrupts as they are, errors as `LaunchFailed`."""
+    if isinstance(error, LaunchFailed) and not prefix:
+        raise error
+    if isinstance(error, Exception):
+        raise LaunchFailed(f"{prefix or 'the group could not start: '}{error}") from error
+    raise error
+
+
+def _show_late_output(cluster: RankCluster, router: OutputRouter) -> None:
+    for message in cluster.late_output():
+        router.feed(message)
+
+
 def _death_reason(dead: list[RankDeath]) -> str:
     return "; ".join(RANK_DIED.format(rank=d.rank, pid=d.pid, how=d.how) for d in dead)
 
 
-def _is_collective_error(ename: str, evalue: str) -> bool:
-    """Whether a rank's error leaves its process group unusable (gloo/NCCL, store, timeouts)."""
-    return ename.startswith("Dist") or any(word in evalue for word in COLLECTIVE_ERROR_WORDS)
+def _wait_for_interrupted(
+    run: CellRun,
+    messages: queue.SimpleQueue,
+    router: OutputRouter,
+    release: Callable[[set[int]], None],
+    world_size: int,
+) -> bool:
+    """After an interrupt, route output until the ranks stop (True) or the grace ends (False).
+
+    Further interrupts (a user pressing stop again) are passed on to the ranks, not to the
+    notebook: the first one is already on its way out.
+    """
+    deadline = time.monotonic() + INTERRUPT_GRACE_S
+    while True:
+        try:
+            return _pump(run, messages, router, deadline, release, world_size)
+        except KeyboardInterrupt:
+            run.interrupt()
 
 
 def _pump(

@@ -6,6 +6,7 @@ slow tier, real CPU ranks.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import hypothesis.strategies as st
@@ -37,6 +38,19 @@ INVALID_STARTS = [
 ]
 DOCUMENTED_ERRORS = (UsageError, DdippError)
 LOCAL_VALUES = {"a": 1, "b": [1, 2, 3], "c": {"k": "v"}}
+# Every call of the fake group that can meet a fault, and the magics that run into them.
+FAULTY_CALLS = ["start", "run_setup", "submit", "push", "pull", "release", "reform", "stop", "memory"]
+MAGICS_UNDER_FAULT = {
+    "start": ("makedip", "-n 2 -a torch"),
+    "kill": ("makedip", "--kill"),
+    "restart": ("makedip", "--restart"),
+    "push": ("dip", "--push a b"),
+    "pull": ("dip", "--pull a"),
+    "cell": ("dip", None),
+    "cell that breaks the group": ("dip", None),
+    "status": ("dipstatus", ""),
+}
+STABLE_STATES = (State.IDLE, State.PATCHED, State.FAILED)
 
 
 def make_shell() -> InteractiveShell:
@@ -53,6 +67,7 @@ class MagicSequences(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.table = FakeProcessTable()
+        self.faults_met = 0
         factory = (
             (lambda: __import__("ddipp.cluster").cluster.IpyparallelRanks())
             if self.real
@@ -245,6 +260,54 @@ class MagicSequences(RuleBasedStateMachine):
         self.notice_deaths()
         self.shell.run_line_magic("dipstatus", "")
 
+    @precondition(lambda self: not self.real)
+    @rule(
+        call=st.sampled_from(FAULTY_CALLS),
+        interrupt=st.booleans(),
+        magic=st.sampled_from(sorted(MAGICS_UNDER_FAULT)),
+    )
+    def a_magic_meets_a_fault(self, call: str, interrupt: bool, magic: str) -> None:
+        """Any call of the group may raise an error or KeyboardInterrupt: whatever happens, the
+        group ends in a state the table can leave, and a push is all or nothing."""
+        self.notice_deaths()
+        self.table.faults = {call: KeyboardInterrupt() if interrupt else RuntimeError(f"{call} broke")}
+        name, line = MAGICS_UNDER_FAULT[magic]
+        cluster_before = self.session.cluster
+        self.counter += 1
+        before = [dict(ns) for ns in cluster_before.namespaces] if cluster_before is not None else []
+        note(f"{magic} meets a fault in {call} ({'interrupt' if interrupt else 'error'})")
+        with contextlib.suppress(KeyboardInterrupt, RuntimeError, *DOCUMENTED_ERRORS):
+            if name == "dip" and line is None:
+                breaks = magic == "cell that breaks the group"
+                code = f"v = {self.counter}\n" + ("break_group()\n" if breaks else "")
+                self.shell.run_cell_magic("dip", "--quiet", code)
+            else:
+                self.shell.run_line_magic(name, line)
+        fired = call not in self.table.faults
+        self.table.faults.clear()
+        note(f"fault {'fired' if fired else 'did not fire'}; state {self.session.state.value}")
+        self.faults_met += fired
+        # The outcome is the session's to choose among the table's stable states; adopt it.
+        assert self.session.state in STABLE_STATES, self.session.state
+        self.state = self.session.state
+        self.autodip = self.session.autodip.is_on
+        if self.session.cluster is not cluster_before:
+            self.remote = {}
+            self.world_size = len(self.session.cluster.ranks) if self.session.cluster else 0
+        elif magic == "push" and self.state is State.PATCHED:
+            after = [{k: ns.get(k) for k in LOCAL_VALUES} for ns in self.session.cluster.namespaces]
+            kept = [{k: ns.get(k) for k in LOCAL_VALUES} for ns in before]
+            pushed = [
+                {k: (LOCAL_VALUES[k] if k in "ab" else ns.get(k)) for k in LOCAL_VALUES} for ns in before
+            ]
+            assert after == kept or after == pushed, "a push is all or nothing on every rank"
+            if after == pushed:
+                self.remote.update(a=LOCAL_VALUES["a"], b=LOCAL_VALUES["b"])
+        elif magic.startswith("cell") and self.state is State.PATCHED:
+            self.remote.pop("v", None)  # the cell may or may not have run before the fault
+            for namespace in self.session.cluster.namespaces:
+                namespace.pop("v", None)
+
     @precondition(lambda self: self.state is State.PATCHED and not self.rank_died)
     @rule(rank=st.integers(0, 2))
     def a_rank_dies(self, rank: int) -> None:
@@ -260,6 +323,11 @@ class MagicSequences(RuleBasedStateMachine):
     @invariant()
     def the_state_matches_the_model(self) -> None:
         assert self.session.state is self.state
+
+    @invariant()
+    def the_state_is_one_the_table_can_leave(self) -> None:
+        assert self.session.state in STABLE_STATES
+        assert self.session.state is State.IDLE or next_state(self.session.state, Trigger.KILL)
 
     @invariant()
     def processes_exist_exactly_while_a_group_does(self) -> None:
@@ -313,4 +381,17 @@ TestMagicSequencesOnRealRanks.settings = settings(
     deadline=None,
     derandomize=True,
     suppress_health_check=list(HealthCheck),
+)
+
+
+class ManyMagicSequences(MagicSequences):
+    """The same rules and faults, many more sequences (the slow tier)."""
+
+
+TestTenThousandSequencesOnAFakeGroup = pytest.mark.slow(ManyMagicSequences.TestCase)
+TestTenThousandSequencesOnAFakeGroup.settings = settings(
+    max_examples=10_000,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )

@@ -2,7 +2,7 @@
 
 from .autodip import GROUP_TRIGGERS_THAT_END_AUTODIP, Autodip, AutodipState
 from .lifecycle import GroupLifecycle, explain_rejection
-from .table import STATES_WITH_PROCESSES, TRANSITIONS, State, Trigger, next_state
+from .table import STATES_WITH_PROCESSES, TRANSIENT_STATES, TRANSITIONS, State, Trigger, next_state
 
 __all__ = [
     "Autodip",
@@ -11,6 +11,7 @@ __all__ = [
     "GroupLifecycle",
     "STATES_WITH_PROCESSES",
     "State",
+    "TRANSIENT_STATES",
     "TRANSITIONS",
     "Trigger",
     "explain_rejection",

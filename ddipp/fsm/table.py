@@ -64,8 +64,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(T.GROUP_BROKEN, S.RUNNING, S.FAILED),
     Transition(T.GROUP_BROKEN, S.PATCHED, S.FAILED),
     # tear-down
-    Transition(T.KILL, S.PATCHED, S.DRAINING),
-    Transition(T.KILL, S.FAILED, S.DRAINING),
+    # --kill works from every state that has processes: whatever was interrupted, it ends idle
+    *(Transition(T.KILL, state, S.DRAINING) for state in (S.LAUNCHING, S.NCCL_READY, S.PATCHED)),
+    *(Transition(T.KILL, state, S.DRAINING) for state in (S.RUNNING, S.DRAINING, S.FAILED)),
     Transition(T.RESTART, S.PATCHED, S.DRAINING),
     Transition(T.RESTART, S.FAILED, S.DRAINING),
     Transition(T.DRAINED, S.DRAINING, S.IDLE),
@@ -98,6 +99,9 @@ STATE_MEANING: dict[State, str] = {
 STATES_WITH_PROCESSES: frozenset[State] = frozenset(
     {S.LAUNCHING, S.NCCL_READY, S.PATCHED, S.RUNNING, S.DRAINING, S.FAILED}
 )
+# The states a request passes through; every request ends in a state outside them, whatever
+# interrupts it (the session settles an interrupted request by the table's own rows).
+TRANSIENT_STATES: frozenset[State] = frozenset({S.LAUNCHING, S.NCCL_READY, S.RUNNING, S.DRAINING})
 
 
 def next_state(state: State, trigger: Trigger) -> State | None:
