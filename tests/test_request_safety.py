@@ -183,39 +183,6 @@ def test_output_written_between_cells_appears_in_the_next_cell(kernel):
     assert "next cell" in after.text()
 
 
-@pytest.mark.slow
-def test_output_written_after_the_reply_but_before_idle_is_shown(notebook, capsys):
-    shell, _ = notebook
-    shell.run_line_magic("makedip", "-n 2 -a none")
-    shell.run_cell_magic(
-        "dip",
-        "",
-        "import time\nfrom IPython import get_ipython\nkernel = get_ipython().kernel\n"
-        "original = kernel.post_handler_hook\n"
-        "def slow_tail():\n"
-        "    kernel.post_handler_hook = original\n"
-        "    time.sleep(1.5)\n"
-        "    print('tail before idle')\n"
-        "    original()\n"
-        "kernel.post_handler_hook = slow_tail\n",
-    )
-    assert "tail before idle" in capsys.readouterr().out
-
-
-# --- 8. the kernel's logging ------------------------------------------------------------------
-
-
-@pytest.mark.notebook
-def test_kill_leaves_the_kernels_logging_as_it_was(kernel):
-    probe = (
-        "import logging\nfrom traitlets.config import Application\n"
-        "print(Application.instance().log.level, logging.getLogger().level, get_ipython().log.level)"
-    )
-    before = kernel.run(probe).text()
-    assert kernel.run("%load_ext ddipp\n%makedip -n 1 -a none\n%makedip --kill").status == "ok"
-    assert kernel.run(probe).text() == before
-
-
 # --- 10. nothing listens for the rendezvous --------------------------------------------------
 
 
