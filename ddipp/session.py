@@ -377,13 +377,11 @@ class DipSession:
         try:
             finished = _pump(run, messages, router, deadline, release, world_size)
         except KeyboardInterrupt:
-            run.interrupt()
             stopped = _wait_for_interrupted(run, messages, router, release, world_size)
-            self._end(
-                broken=self._reform_after(released)
-                if stopped
-                else INTERRUPT_IGNORED.format(grace=INTERRUPT_GRACE_S)
-            )
+            broken = INTERRUPT_IGNORED.format(grace=INTERRUPT_GRACE_S)
+            if stopped:
+                broken = _through_interrupts(lambda: self._reform_after(released))
+            self._end(broken=broken)
             raise
         if not finished:
             self._end(broken=CELL_TIMED_OUT.format(timeout=timeout))
@@ -501,11 +499,19 @@ def _wait_for_interrupted(
     notebook: the first one is already on its way out.
     """
     deadline = time.monotonic() + INTERRUPT_GRACE_S
+    return _through_interrupts(
+        lambda: (run.interrupt(), _pump(run, messages, router, deadline, release, world_size))[1]
+    )
+
+
+def _through_interrupts(step: Callable[[], Any]) -> Any:
+    """Run `step` to its end; an interrupt that breaks into it (the user pressing stop again
+    while the first one is being handled) runs it again instead of escaping half-way."""
     while True:
         try:
-            return _pump(run, messages, router, deadline, release, world_size)
+            return step()
         except KeyboardInterrupt:
-            run.interrupt()
+            continue
 
 
 def _pump(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from ddipp.magics import DipMagics
+from ddipp.notebooks import KernelSession
 from ddipp.session import DipSession
-from tests.processes import descendants_alive
+from tests.processes import TAG_VARIABLE, descendants_alive, wait_until_gone
 
 
 @pytest.fixture
@@ -19,3 +23,16 @@ def notebook():
     yield shell, session
     session.shutdown()
     assert descendants_alive() == []
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    """A real `python3` kernel and the tag its processes carry; nothing may outlive it."""
+    tag = uuid.uuid4().hex
+    env = dict(os.environ, **{TAG_VARIABLE: tag, "IPYTHONDIR": str(tmp_path / "ipython")})
+    session = KernelSession(env)
+    yield session, tag
+    try:
+        session.close()
+    finally:
+        assert wait_until_gone(tag, 10) == []

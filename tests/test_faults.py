@@ -11,30 +11,16 @@ import os
 import signal
 import stat
 import time
-import uuid
 
 import psutil
 import pytest
 
 from ddipp.errors import GroupFailed, InvalidSequence, LaunchFailed, RankError
 from ddipp.fsm import State
-from ddipp.notebooks import KernelSession
-from tests.processes import TAG_VARIABLE, descendants_alive, sigkill_and_wait, wait_until_gone
+from tests.processes import descendants_alive, sigkill_and_wait, wait_until_gone
 
 # Far above what each step takes; there only so that a regression fails rather than hangs.
 HANG_GUARD_S = 20
-
-
-@pytest.fixture
-def kernel(tmp_path):
-    tag = uuid.uuid4().hex
-    env = dict(os.environ, **{TAG_VARIABLE: tag, "IPYTHONDIR": str(tmp_path / "ipython")})
-    session = KernelSession(env)
-    yield session, tag
-    try:
-        session.close()
-    finally:
-        assert wait_until_gone(tag, 10) == []
 
 
 @pytest.mark.slow
