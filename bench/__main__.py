@@ -1,6 +1,6 @@
 """Run every benchmark on 2 CPU ranks, print a table of ratios, write bench/results.json.
 
-    python -m bench [--only dispatch,startup,train,stream,faults] [--runs 100]
+    python -m bench [--only dispatch,startup,train,stream,faults,push,fastai] [--runs 100]
 
 Each figure is measured against its peer in the same run, on the same machine: a notebook
 client (jupyter_client) drives a real kernel, as Jupyter does.
@@ -30,6 +30,16 @@ STREAM_LINES = 10_000
 STREAM_REPEATS = 7
 TRAIN_REPEATS = 5
 STARTUP_REPEATS = 3
+PUSH_REPEATS = 5
+# What is pushed and pulled: made in the notebook by this code, named `payload`.
+PAYLOADS = {
+    "10MB": "payload = np.random.rand(10 * 2**20 // 8)",
+    "200MB": "payload = np.random.rand(200 * 2**20 // 8)",
+    "dataframe_1M_rows": (
+        "payload = pd.DataFrame({'i': np.arange(1_000_000), 'x': np.random.rand(1_000_000), "
+        "'s': np.random.choice(['cat', 'dog', 'fish'], 1_000_000)})"
+    ),
+}
 
 # Plain ipyparallel plus a manual process group: what a user would write without ddipp.
 PLAIN_STARTUP = """
@@ -169,6 +179,37 @@ def bench_stream(env: dict) -> dict:
             )
         ok(kernel.run("%makedip --kill"))
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def bench_push(env: dict) -> dict:
+    """`%dip --push` and `--pull` against ipyparallel's `view.push`/`pull` on the same engines
+    (each a cell's round trip through the kernel, the contenders interleaved)."""
+    results: dict = {}
+    with KernelSession(env) as kernel:
+        ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a none\nimport numpy as np, pandas as pd"))
+        ok(
+            kernel.run(
+                PX_ON_DDIPP_ENGINES
+                + "\nrank0 = get_ipython()._ddipp_session[0].cluster._client[px_view.targets[0]]"
+            )
+        )
+        cells = {
+            "push_ddipp": "%dip --push payload",
+            "push_view": "px_view.push({'payload': payload}, block=True)",
+            "pull_ddipp": "%dip --pull payload",
+            "pull_view": "payload = rank0.pull('payload', block=True)",
+        }
+        for size, make in PAYLOADS.items():
+            ok(kernel.run(make))
+            samples: dict[str, list[float]] = {name: [] for name in cells}
+            for _ in range(PUSH_REPEATS):
+                for name, code in cells.items():
+                    cell = ok(kernel.run(code))
+                    samples[name].append(cell.finished_at - cell.sent_at)
+            results[size] = {name: statistics.median(values) for name, values in samples.items()}
+            ok(kernel.run("del payload"))
+        ok(kernel.run("%makedip --kill"))
+    return results
 
 
 def bench_faults(env: dict) -> dict:
@@ -323,6 +364,9 @@ def table(results: dict) -> str:
                 "one process",
                 "~1.0",
             )
+    for size, p in results.get("push_s", {}).items():
+        compared(f"push {size} (s)", p["push_ddipp"], p["push_view"], "view.push", "<= 1.05")
+        compared(f"pull {size} (s)", p["pull_ddipp"], p["pull_view"], "view.pull")
     if "stream_s" in results:
         s = results["stream_s"]
         compared("10k lines, last (s)", s["ddipp"], s["px"], "%%px --stream", "<= 1.0")
@@ -343,7 +387,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="dispatch,startup,train,stream,faults,fastai")
+    parser.add_argument("--only", default="dispatch,startup,train,stream,faults,push,fastai")
     parser.add_argument("--runs", type=int, default=100, help="round trips per contender (dispatch)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file to update")
     args = parser.parse_args()
@@ -357,6 +401,7 @@ def main() -> int:
             "train": ("train_samples_per_s", lambda: bench_train(env)),
             "stream": ("stream_s", lambda: bench_stream(env)),
             "faults": ("faults_s", lambda: bench_faults(env)),
+            "push": ("push_s", lambda: bench_push(env)),
             "fastai": ("fastai", lambda: bench_fastai(env)),
         }
         for name in chosen:

@@ -213,8 +213,10 @@ def stage_push(token: str, layout: list[tuple[str, int]], *frames: memoryview) -
         header, buffers = frames[position], frames[position + 1 : position + 1 + count]
         position += 1 + count
         try:
-            # Writable copies: arrays loaded straight from the message would be read-only.
-            staged[name] = pickle.loads(header, buffers=[bytearray(b) for b in buffers])
+            # Large arrays are loaded straight from the message's writable frames (no copy);
+            # small ones arrive as read-only bytes and are copied, or they would be read-only.
+            writable = [b if not memoryview(b).readonly else bytearray(b) for b in buffers]
+            staged[name] = pickle.loads(header, buffers=writable)
         except Exception as error:
             return name, f"{type(error).__name__}: {error}"
     _staged_pushes[token] = staged
