@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 VENV1 := .venv-fastai1
 INSTALLED1 := $(VENV1)/.installed
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo test lint docs bench clean gpu-wheels gpu-check gpu-rehearsal
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,21 @@ clean:
 ## bench: every benchmark on 2 CPU ranks against its peer; writes bench/results.json
 bench: $(INSTALLED)
 	$(PY) -m bench
+
+## gpu-wheels: download (here, with network) the wheels a bare GPU machine needs into .whl/py$(GPU_PYTHON_VERSION)
+GPU_PYTHON_VERSION ?= 3.12
+gpu-wheels: $(INSTALLED)
+	$(PY) -m bench.gpu_wheels --python $(GPU_PYTHON_VERSION)
+
+## gpu-check: the GPU tests and the fastai lesson on GPU ranks; report in $$OUT or ./gpu-report.txt.
+## Needs only Python with torch, accelerate and numpy where .whl/ was carried; else .venv.
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_CHECK_PYTHON) -m bench.gpu_check
+
+## gpu-rehearsal: the bare-machine install path on this machine's Python and a bare interpreter
+## (BARE_PYTHON: one with only torch, accelerate and numpy); the GPU tests skip without a GPU
+BARE_PYTHON ?= python3
+gpu-rehearsal: $(INSTALLED)
+	$(PY) -m bench.gpu_wheels --python $$($(BARE_PYTHON) -c 'import platform; print(platform.python_version())')
+	$(BARE_PYTHON) -m bench.gpu_check --report build/gpu-rehearsal/gpu-report.txt

@@ -1,4 +1,4 @@
-"""pytest options of ddipp: `--run-notebooks` and `--run-slow` opt in to the real-process tiers."""
+"""pytest options of ddipp: `--run-notebooks`, `--run-slow`, `--run-gpu` opt in to the real-process tiers."""
 
 from __future__ import annotations
 
@@ -19,14 +19,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="also run tests that start real CPU ranks in this process",
     )
+    group.addoption(
+        "--run-gpu",
+        action="store_true",
+        default=False,
+        help="also run the tests that start GPU ranks (they skip where no CUDA GPU is visible)",
+    )
+
+
+# Per marker: the option that opts in to its tier, and what a skipped test says.
+TIERS = {
+    "notebook": ("--run-notebooks", "needs --run-notebooks"),
+    "slow": ("--run-slow", "needs --run-slow"),
+    "gpu": ("--run-gpu", "needs --run-gpu and CUDA GPUs: `make gpu-check` runs this tier (docs/gpu.md)"),
+}
+NO_GPU = (
+    "needs a CUDA GPU, and torch.cuda.device_count() is 0 here: "
+    "run `make gpu-check` on a machine with one (docs/gpu.md)"
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    tiers = {"notebook": "--run-notebooks", "slow": "--run-slow"}
     for item in items:
-        for marker, option in tiers.items():
+        for marker, (option, reason) in TIERS.items():
             if marker in item.keywords and not config.getoption(option):
-                item.add_marker(pytest.mark.skip(reason=f"needs {option}"))
+                item.add_marker(pytest.mark.skip(reason=reason))
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and config.getoption("--run-gpu"):
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            for item in gpu_items:
+                item.add_marker(pytest.mark.skip(reason=NO_GPU))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -100,15 +100,26 @@ def _fit_and_score(learn, epochs: int) -> dict:
     return {"accuracy": float(learn.validate()[1]), "fit_s": fit_s}
 
 
-def run_all(work: Path) -> dict:
+WORKLOADS = ("tabular", "vision")
+
+
+def run(work: Path, name: str) -> dict:
+    """The workload `name` (one of `WORKLOADS`) in the folder `work`."""
+    if name == "tabular":
+        return tabular(work)
     digits = work / "digits"
     if not digits.exists():
         render_digits(digits)
-    return {"tabular": tabular(work), "vision": vision(work, digits)}
+    return vision(work, digits)
+
+
+def run_all(work: Path) -> dict:
+    return {name: run(work, name) for name in WORKLOADS}
 
 
 if __name__ == "__main__":
-    # `python -m bench.fastai_workload WORK`: one process, or every rank under torchrun.
+    # `python -m bench.fastai_workload WORK [tabular|vision]`: one process, or every rank under
+    # torchrun; both workloads unless one is named.
     import sys
 
     import torch
@@ -123,7 +134,7 @@ if __name__ == "__main__":
         # the same patches the notebook's ranks get, so that only the orchestration differs.
         module = "fastai2_rank" if fastai_major() == 2 else "fastai1_rank"
         __import__(f"ddipp.apps.{module}", fromlist=["_"]).apply_patches()
-    result = run_all(work)
+    result = {name: run(work, name) for name in sys.argv[2:]} if sys.argv[2:] else run_all(work)
     if int(os.environ.get("RANK", "0")) == 0:
         print("RESULT " + json.dumps(result), flush=True)
     if "RANK" in os.environ:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import psutil
 
 from .errors import LaunchFailed, PullError, PushError
+from .placement import place_host, threads_per_rank
 from .router import RankMessage
 from .spec import GroupSpec
 
@@ -52,6 +53,7 @@ UNLOADABLE = (
     "group is as it was. Define it on the ranks instead (for example import its module there)"
 )
 OUTPUT_CUT = "ddipp: rank {rank} ended before its output did; what it wrote last may be missing"
+NOT_LOADABLE = "%dip --pull: the values from rank {rank} cannot be loaded in the notebook: {error}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +258,10 @@ class IpyparallelRanks:
         self._rendezvous_dir = tempfile.mkdtemp(prefix="ddipp-rendezvous-")
         cluster.start_controller_sync(controller_cmd=_guarded("ipyparallel.controller"))
         self._adopt(cluster.controller.process.pid)
-        environment = {} if spec.on_gpus else {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        # Set at start, before any library sizes its thread pool; each rank's own environment
+        # comes with the group (`_form_group`).
+        threads = threads_per_rank(spec.world_size, os.environ)
+        environment = {} if threads is None else {"OMP_NUM_THREADS": threads}
         cluster.start_engines_sync(
             n=spec.world_size, environment=environment, engine_cmd=_guarded("ipyparallel.engine")
         )
@@ -319,16 +324,19 @@ class IpyparallelRanks:
         self._formations += 1
         # A fresh store file for each formation: keys of an earlier one must not be seen.
         store_path = os.path.join(self._rendezvous_dir, f"store-{self._formations}")
+        port = _free_port()
+        placements = place_host(spec.devices, master_addr=LOOPBACK, master_port=port, inherited=os.environ)
         pending = [
             self._client[engine_id].apply_async(
                 rank_side.form_group,
                 rank,
                 spec.world_size,
                 LOOPBACK,
-                _free_port(),
+                port,
                 store_path,
                 spec.backend,
-                spec.devices[rank],
+                placements[rank].device,
+                dict(placements[rank].environment),
                 spec.timeout,
             )
             for rank, engine_id in enumerate(self._engine_ids)
@@ -343,7 +351,8 @@ class IpyparallelRanks:
                 raise LaunchFailed(RENDEZVOUS_TIMEOUT.format(timeout=spec.timeout)) from None
             except Exception as error:
                 raise LaunchFailed(RANK_DID_NOT_JOIN.format(rank=rank, error=error)) from error
-            infos.append(RankInfo(rank, self._engine_ids[rank], info["pid"], info["device"], info["host"]))
+            label = placements[rank].label
+            infos.append(RankInfo(rank, self._engine_ids[rank], info["pid"], label, info["host"]))
         return infos
 
     def _adopt(self, pid: int) -> None:
@@ -455,13 +464,19 @@ class IpyparallelRanks:
         self._view.apply_sync(rank_side.commit_push, token)
 
     def pull(self, names: list[str], rank: int) -> list[Any]:
+        """The values of `names` on `rank`, with their tensors on the CPU (see `rank.pickle_on_cpu`)."""
         from ipyparallel.error import RemoteError
 
+        from . import rank as rank_side
+
         try:
-            values = self._client[self._engine_ids[rank]].pull(names, block=True)
+            pickled = self._client[self._engine_ids[rank]].apply_sync(rank_side.pickle_on_cpu, names)
         except RemoteError as error:
             raise PullError(NOT_DEFINED_ON_RANK.format(error=error.evalue, rank=rank)) from None
-        return list(values)
+        try:
+            return pickle.loads(pickled)
+        except Exception as error:  # the rank is fine: only this notebook cannot load the values
+            raise PullError(NOT_LOADABLE.format(rank=rank, error=error)) from error
 
     def dead_ranks(self) -> list[RankDeath]:
         dead = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import socket
@@ -10,6 +11,8 @@ import time
 import weakref
 from datetime import timedelta
 from typing import Any
+
+import cloudpickle
 
 # How long a rank's stdout/stderr may hold text before sending it (ipykernel's default is 0.2 s):
 # output should reach the notebook within 100 ms of being written.
@@ -42,43 +45,35 @@ def form_group(
     master_port: int,
     store_path: str,
     backend: str,
-    gpu: int | None,
+    device: str,
+    environment: dict[str, str],
     timeout_s: float,
 ) -> dict:
-    """Join the torch.distributed group as `rank`; return what `%dipstatus` shows of it.
+    """Join the torch.distributed group as `rank` on `device`, in `environment` (torchrun's
+    contract, from `ddipp.placement`); return what `%dipstatus` shows of it.
 
     The ranks meet in a file store in a folder private to the user (one host): nothing
     listens for the rendezvous, so no other process can join or disturb it.
     """
-    os.environ.update(
-        RANK=str(rank),
-        # On GPUs, the device index: code that picks `cuda:LOCAL_RANK` (accelerate, hence
-        # fastai 2, and most scripts) then lands on this rank's GPU for any -g list.
-        LOCAL_RANK=str(rank if gpu is None else gpu),
-        WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR=master_addr,
-        MASTER_PORT=str(master_port),
-    )
+    # Before torch starts CUDA: a GPU rank must see only its own GPU.
+    os.environ.update(environment)
     import torch
     import torch.distributed as dist
 
     if dist.is_initialized():  # forming again after a rank left the group
         dist.destroy_process_group()
-    if gpu is not None:
-        torch.cuda.set_device(gpu)
-        device = f"cuda:{gpu}"
-    else:
-        # One thread per CPU rank unless the user chose otherwise: N ranks each using every
-        # core would oversubscribe the machine and make DDP slower than one process.
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        device = "cpu"
-    if master_addr.startswith("127.") and "GLOO_SOCKET_IFNAME" not in os.environ:
-        # gloo would otherwise listen on the address the host name resolves to.
+    if device != "cpu":
+        torch.cuda.set_device(device)
+    if "OMP_NUM_THREADS" in environment:
+        torch.set_num_threads(int(environment["OMP_NUM_THREADS"]))
+    if master_addr.startswith("127."):
+        # gloo's pairs and NCCL's bootstrap sockets would otherwise listen on the address the
+        # host name resolves to, or on a routable interface.
         interface = loopback_interface()
-        if interface is not None:
-            os.environ["GLOO_SOCKET_IFNAME"] = interface
-    kwargs: dict = {"device_id": torch.device(device)} if gpu is not None else {}
+        for variable in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            if interface is not None and variable not in os.environ:
+                os.environ[variable] = interface
+    kwargs: dict = {"device_id": torch.device(device)} if device != "cpu" else {}
     timeout = timedelta(seconds=timeout_s)
     store = dist.FileStore(store_path, world_size)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout, **kwargs)
@@ -115,7 +110,7 @@ def abort_group(peer_pids: list[int]) -> None:
 
     groups = list(distributed_c10d._world.pg_map)
     _retired_groups.update(groups)
-    if any(dist.get_backend(group) == "nccl" for group in groups):
+    if any("nccl" in dist.get_backend(group) for group in groups):
         distributed_c10d._abort_process_group()
     _shut_sockets_to(set(peer_pids) - {os.getpid()})
     dist.destroy_process_group()
@@ -151,7 +146,7 @@ def probe_group(within_s: float) -> bool:
 
     if not dist.is_initialized():
         return False
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in dist.get_backend() else "cpu"
     try:
         work = dist.all_reduce(torch.ones(1, device=device), async_op=True)
         deadline = time.monotonic() + within_s
@@ -236,11 +231,60 @@ def discard_push(token: str) -> None:
 
 
 def memory_in_use() -> dict:
-    """This rank's resident memory and, on a GPU, the memory torch has allocated there."""
+    """This rank's resident memory and, on a GPU, what `nvidia-smi` would say of its device:
+    what torch's allocator holds (allocated, reserved) and what the device has in use in all."""
     import psutil
 
     info = {"rss_mb": psutil.Process().memory_info().rss / 2**20}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        info["cuda_mb"] = torch.cuda.memory_allocated() / 2**20
+        free, total = torch.cuda.mem_get_info()
+        info.update(
+            cuda_allocated_mb=torch.cuda.memory_allocated() / 2**20,
+            cuda_reserved_mb=torch.cuda.memory_reserved() / 2**20,
+            device_used_mb=(total - free) / 2**20,
+            device_total_mb=total / 2**20,
+        )
     return info
+
+
+def pickle_on_cpu(names: list[str], namespace: dict | None = None) -> bytes:
+    """The values of `names` in this rank's namespace (its IPython namespace unless given),
+    pickled with every tensor that lives on a device moved to the CPU.
+
+    Unpickled in the notebook, a CUDA tensor would land on a GPU there (a CUDA context on a
+    training GPU) or fail where the notebook has no CUDA. Tensors nested anywhere (lists,
+    dicts, state_dicts, modules, any object) are copied to the CPU as they are pickled.
+    """
+    if namespace is None:
+        from IPython import get_ipython
+
+        namespace = get_ipython().user_ns
+    for name in names:
+        if name not in namespace:
+            raise NameError(f"name {name!r} is not defined")
+    buffer = io.BytesIO()
+    CpuPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump([namespace[name] for name in names])
+    return buffer.getvalue()
+
+
+def on_cpu(tensor):
+    """`tensor` copied to the CPU: same type (`nn.Parameter`, subclasses), detached, and
+    `requires_grad` kept for leaf tensors (autograd history cannot cross processes)."""
+    import torch
+
+    moved = tensor.detach().cpu()
+    requires_grad = tensor.requires_grad and tensor.is_leaf
+    if isinstance(tensor, torch.nn.Parameter):
+        return torch.nn.Parameter(moved, requires_grad=requires_grad)
+    return moved.requires_grad_() if requires_grad else moved
+
+
+class CpuPickler(cloudpickle.Pickler):
+    """cloudpickle, with each tensor that lives on a device pickled as its CPU copy."""
+
+    def reducer_override(self, obj):
+        torch = sys.modules.get("torch")  # no torch imported on this rank: no tensors either
+        if torch is not None and isinstance(obj, torch.Tensor) and obj.device.type not in ("cpu", "meta"):
+            return on_cpu(obj).__reduce_ex__(self.proto)
+        return super().reducer_override(obj)

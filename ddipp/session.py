@@ -58,6 +58,12 @@ AUTODIP_ENDED = {
 }
 
 
+CUDA_MEMORY = (
+    "; cuda {cuda_allocated_mb:.0f} MB allocated, {cuda_reserved_mb:.0f} MB reserved; "
+    "device {device_used_mb:.0f} of {device_total_mb:.0f} MB in use"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Status:
     """What `%dipstatus` reports."""
@@ -79,8 +85,9 @@ class Status:
             for info in self.ranks:
                 memory = self.memory[info.rank] if info.rank < len(self.memory) else {}
                 used = f"{memory['rss_mb']:.0f} MB" if "rss_mb" in memory else "-"
-                if "cuda_mb" in memory:
-                    used += f", cuda {memory['cuda_mb']:.0f} MB"
+                if "cuda_allocated_mb" in memory:
+                    # What nvidia-smi counts: torch's cache (reserved) and every process on the GPU.
+                    used += CUDA_MEMORY.format(**memory)
                 alive = "no" if info.rank in self.dead else "yes"
                 lines.append(
                     f"  {info.rank:<4}  {info.engine_id:<6}  {info.pid:<7}  {info.device:<7}  "

@@ -11,6 +11,10 @@ from .apps import default_app, get_app
 from .errors import DdippError
 
 BACKENDS = ("gloo", "nccl", "mpi")
+# GPU ranks pair NCCL (CUDA tensors) with gloo (CPU tensors): with plain "nccl", torch maps no
+# backend to the CPU and a collective on a CPU tensor fails.
+GPU_BACKEND = "cpu:gloo,cuda:nccl"
+DEVICE_TYPES = ("cpu", "cuda")
 DEFAULT_CPU_RANKS = 2
 # How long a rank waits for the others, to start and in any collective: long enough for a slow
 # start or a rank-0-only step, short enough that a hang surfaces while the user is still there.
@@ -23,9 +27,16 @@ REPEATED_GPU = "-g lists GPU {gpu} twice: each GPU can hold one rank"
 NO_GPU_VISIBLE = "-g {value}: no GPU is visible here (torch.cuda.device_count() is 0); use -n N for CPU ranks"
 GPU_NOT_VISIBLE = "-g {value}: GPU {gpu} is not visible; this machine shows {count} GPU(s): {visible}"
 CPU_FALLBACK = "ddipp: no GPU is visible; starting {n} CPU ranks (gloo) instead (choose with -n N)"
-UNKNOWN_BACKEND = "--backend {value!r} is not one of {choices}"
-NCCL_ON_CPU = "--backend nccl needs GPU ranks; CPU ranks use gloo"
+UNKNOWN_BACKEND = "--backend {value!r} is not one of {choices}, nor device:backend pairs such as " + repr(
+    GPU_BACKEND
+)
+NCCL_ON_CPU = "--backend {value} needs GPU ranks; CPU ranks use gloo"
 BAD_TIMEOUT = "--timeout must be a positive number of seconds, not {value!r}"
+GPU_NOTICE = (
+    "ddipp: on GPU ranks, %dip --pull brings tensors to the CPU, and a collective that a failed "
+    "or interrupted rank never joins fails only after -t {timeout:g} s (NCCL peers cannot be "
+    "released sooner); the cell then shows the reason"
+)
 
 
 class SpecError(DdippError):
@@ -84,18 +95,27 @@ def plan_group(
         devices: tuple[int | None, ...] = (None,) * _rank_count(n)
     else:
         devices = _gpu_devices(gpus or "all", visible_gpus, notices)
-    on_gpus = devices[0] is not None
-    if backend is None:
-        backend = "nccl" if on_gpus else "gloo"
-    if backend not in BACKENDS:
-        raise SpecError(UNKNOWN_BACKEND.format(value=backend, choices=", ".join(BACKENDS)))
-    if backend == "nccl" and not on_gpus:
-        raise SpecError(NCCL_ON_CPU)
+    backend = resolve_backend(backend, on_gpus=devices[0] is not None)
     app_name = app if app is not None else default_app()
     get_app(app_name)
     seconds = _seconds(timeout) if timeout is not None else DEFAULT_TIMEOUT_S
     spec = GroupSpec(devices, backend, app_name, seconds, bool(verbose))
+    if spec.on_gpus:
+        notices.append(GPU_NOTICE.format(timeout=seconds))
     return spec, notices
+
+
+def resolve_backend(value: str | None, on_gpus: bool) -> str:
+    """The torch.distributed backend string for `--backend value` (None: the default)."""
+    if value is None or (value == "nccl" and on_gpus):
+        return GPU_BACKEND if on_gpus else "gloo"
+    pairs = [pair.partition(":") for pair in value.split(",")] if ":" in value else [("", "", value)]
+    for device, _, name in pairs:
+        if name not in BACKENDS or (device and device not in DEVICE_TYPES):
+            raise SpecError(UNKNOWN_BACKEND.format(value=value, choices=", ".join(BACKENDS)))
+    if not on_gpus and any(name == "nccl" for _, _, name in pairs):
+        raise SpecError(NCCL_ON_CPU.format(value=value))
+    return value
 
 
 def parse_gpu_list(value: str) -> tuple[int, ...]:

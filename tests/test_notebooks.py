@@ -23,13 +23,21 @@ def test_notebook(path, tmp_path, monkeypatch):
     env = dict(__import__("os").environ, **{TAG_VARIABLE: tag, "IPYTHONDIR": str(tmp_path / "ipython")})
     notebook = execute_notebook(path, tmp_path / path.name, env=env)
 
+    check_expectations(notebook, path.name)
+
+    left = wait_until_gone(tag, CLEAN_UP_S)
+    assert left == [], [(p.pid, p.cmdline()) for p in left]
+
+
+def check_expectations(notebook, name: str) -> None:
+    """Each cell's outputs against its `ddipp_expect` metadata; at least one cell must have some."""
     checked = 0
     for index, cell in enumerate(notebook.cells):
         expect = cell.get("metadata", {}).get("ddipp_expect")
         if cell.cell_type != "code" or not expect:
             continue
         checked += 1
-        where = f"{path.name} cell {index}: {cell.source.splitlines()[0]!r}"
+        where = f"{name} cell {index}: {cell.source.splitlines()[0]!r}"
         errors = [o for o in cell.outputs if o["output_type"] == "error"]
         if "ename" in expect:
             count = expect.get("error_count", 1)
@@ -51,10 +59,7 @@ def test_notebook(path, tmp_path, monkeypatch):
         if "max_seconds" in expect:
             took = _seconds_taken(cell)
             assert took < expect["max_seconds"], (where, f"took {took:.1f} s")
-    assert checked, f"{path.name} has no cell with expectations"
-
-    left = wait_until_gone(tag, CLEAN_UP_S)
-    assert left == [], [(p.pid, p.cmdline()) for p in left]
+    assert checked, f"{name} has no cell with expectations"
 
 
 def _skip_unless_environment_fits(path: Path) -> None:

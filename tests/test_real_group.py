@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -103,3 +104,63 @@ def test_a_cell_past_its_timeout_fails_the_group(notebook):
     with pytest.raises(CellTimeout, match="past --timeout 0.5 s"):
         shell.run_cell_magic("dip", "--timeout 0.5", "import time; time.sleep(30)")
     assert session.state is State.FAILED
+
+
+def test_every_rank_gets_torchruns_environment(notebook):
+    shell, session = notebook
+    shell.run_line_magic("makedip", "-n 2 -a torch")
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE")
+    names += ("MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
+    shell.user_ns["names"] = names
+    shell.run_line_magic("dip", "--push names")
+    shell.run_cell_magic(
+        "dip",
+        "--quiet",
+        "import os\ncontract = {name: os.environ.get(name) for name in names}\nranked = dist.get_rank()",
+    )
+    seen = []
+    for rank in (0, 1):
+        shell.run_line_magic("dip", f"--pull contract ranked --rank {rank}")
+        seen.append(shell.user_ns["contract"])
+        assert shell.user_ns["ranked"] == rank
+    threads = os.environ.get("OMP_NUM_THREADS", "1")
+    port = seen[0]["MASTER_PORT"]
+    assert port.isdigit() and port != "29500"
+    assert seen == [
+        dict(zip(names, (str(rank), str(rank), "2", "2", "0", "1", "127.0.0.1", port, threads), strict=True))
+        for rank in (0, 1)
+    ]
+    assert session.state is State.PATCHED
+
+
+def test_a_pulled_device_tensor_arrives_on_the_cpu_wherever_it_is_nested(notebook):
+    shell, session = notebook
+    shell.run_line_magic("makedip", "-n 2 -a torch")
+    shell.run_cell_magic(
+        "dip",
+        "--quiet",
+        "from tests.devices import on_fake_gpu\n"
+        "state = {'w': on_fake_gpu([float(dist.get_rank())]), 'more': [(on_fake_gpu([2.0]),)]}\n",
+    )
+    shell.run_line_magic("dip", "--pull state --rank 1")
+    state = shell.user_ns["state"]
+    import torch
+
+    assert type(state["w"]) is torch.Tensor and state["w"].device.type == "cpu"
+    assert state["w"].tolist() == [1.0] and state["more"][0][0].tolist() == [2.0]
+    assert session.state is State.PATCHED
+
+
+def test_a_value_the_notebook_cannot_load_is_a_pull_error_and_the_group_carries_on(notebook):
+    shell, session = notebook
+    shell.run_line_magic("makedip", "-n 2 -a none")
+    shell.run_cell_magic(
+        "dip",
+        "--quiet",
+        "class Unloadable:\n    def __reduce__(self):\n        return (open, ('/nonexistent/ddipp',))\n"
+        "x = Unloadable()\n",
+    )
+    with pytest.raises(PullError, match="cannot be loaded in the notebook: .*No such file"):
+        shell.run_line_magic("dip", "--pull x")
+    assert session.state is State.PATCHED
+    shell.run_cell_magic("dip", "--quiet", "y = 1")

@@ -24,7 +24,7 @@ def test_cpu_ranks_use_gloo_and_no_devices():
 
 def test_gpu_list_keeps_the_order_given_and_uses_nccl():
     spec, _ = plan_group(gpus="3 1", app="torch", visible_gpus=four_gpus)
-    assert spec.devices == (3, 1) and spec.backend == "nccl"
+    assert spec.devices == (3, 1) and spec.backend == "cpu:gloo,cuda:nccl"
 
 
 @pytest.mark.parametrize("text", ["0,1,3", "0 1 3", '"0 1 3"', "[0, 1, 3]"])

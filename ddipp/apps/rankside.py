@@ -22,9 +22,11 @@ def rank() -> int:
 
 
 def on_gpu() -> bool:
+    """Whether this rank's group runs NCCL: alone (`nccl`) or for CUDA tensors beside another
+    backend for CPU ones (`cpu:gloo,cuda:nccl`, what ddipp's GPU ranks use)."""
     import torch.distributed as dist
 
-    return distributed() and dist.get_backend() == "nccl"
+    return distributed() and "nccl" in dist.get_backend().replace(":", ",").split(",")
 
 
 def collective_device() -> Any:

@@ -1,0 +1,166 @@
+"""Each rank's environment (torchrun's contract), device and backend, computed without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+from torch.distributed.distributed_c10d import BackendConfig
+
+from ddipp.placement import place_host
+from ddipp.spec import SpecError, plan_group
+
+MASTER = {"master_addr": "127.0.0.1", "master_port": 29613}
+
+
+def gpus(count: int):
+    return lambda: count
+
+
+def placed(flag: str, count: int, inherited: dict[str, str] | None = None):
+    spec, _ = plan_group(gpus=flag, app="torch", visible_gpus=gpus(count))
+    return place_host(spec.devices, inherited=inherited or {}, **MASTER)
+
+
+def environments(flag: str, count: int, inherited: dict[str, str] | None = None) -> list[dict[str, str]]:
+    return [dict(p.environment) for p in placed(flag, count, inherited)]
+
+
+def test_all_gpus_gives_each_rank_torchruns_variables_and_only_its_own_gpu():
+    ranks = placed("all", 4)
+    assert [p.device for p in ranks] == ["cuda:0"] * 4
+    assert [p.label for p in ranks] == ["GPU 0", "GPU 1", "GPU 2", "GPU 3"]
+    for rank, placement in enumerate(ranks):
+        assert placement.rank == rank
+        assert dict(placement.environment) == {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "4",
+            "LOCAL_WORLD_SIZE": "4",
+            "GROUP_RANK": "0",
+            "GROUP_WORLD_SIZE": "1",
+            "ROLE_RANK": str(rank),
+            "ROLE_WORLD_SIZE": "4",
+            "ROLE_NAME": "default",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29613",
+            "OMP_NUM_THREADS": "1",
+            "CUDA_VISIBLE_DEVICES": str(rank),
+            "TORCH_NCCL_BLOCKING_WAIT": "1",
+        }
+
+
+def test_a_list_of_high_gpu_ids_keeps_local_ranks_within_the_local_world():
+    envs = environments("2,3", 4)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["2", "3"]
+    assert [e["LOCAL_RANK"] for e in envs] == ["0", "1"]
+    assert {e["LOCAL_WORLD_SIZE"] for e in envs} == {"2"}
+    # accelerate's is_local_main_process is LOCAL_RANK == 0: exactly one rank, rank 0.
+    assert [e["RANK"] for e in envs if e["LOCAL_RANK"] == "0"] == ["0"]
+
+
+def test_gpus_in_reverse_order_make_rank_0_the_local_main_process():
+    envs = environments("1,0", 2)
+    assert [(e["RANK"], e["LOCAL_RANK"], e["CUDA_VISIBLE_DEVICES"]) for e in envs] == [
+        ("0", "0", "1"),
+        ("1", "1", "0"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("inherited", "flag", "count", "seen"),
+    [
+        ("4,5,6", "1", 3, ["5"]),
+        ("4,5,6", "all", 3, ["4", "5", "6"]),
+        ("4, 5,6", "2,0", 3, ["6", "4"]),
+        ("GPU-1b2c,GPU-9f8e", "1", 2, ["GPU-9f8e"]),
+        ("MIG-aa11,MIG-bb22", "all", 2, ["MIG-aa11", "MIG-bb22"]),
+    ],
+)
+def test_gpu_ids_are_indices_into_the_notebooks_own_visible_devices(inherited, flag, count, seen):
+    envs = environments(flag, count, {"CUDA_VISIBLE_DEVICES": inherited})
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == seen
+
+
+@pytest.mark.parametrize(
+    ("flag", "inherited", "threads"),
+    [("0,1", {}, "1"), ("0", {}, None), ("0,1", {"OMP_NUM_THREADS": "6"}, "6")],
+)
+def test_gpu_ranks_get_one_thread_each_when_they_share_a_host_unless_the_notebook_says(
+    flag, inherited, threads
+):
+    assert {e.get("OMP_NUM_THREADS") for e in environments(flag, 2, inherited)} == {threads}
+
+
+def test_cpu_ranks_share_the_contract_without_a_gpu_or_nccl_settings():
+    spec, _ = plan_group(n="3", app="torch", visible_gpus=gpus(0))
+    ranks = place_host(spec.devices, inherited={}, **MASTER)
+    assert [(p.device, p.label) for p in ranks] == [("cpu", "cpu")] * 3
+    envs = [dict(p.environment) for p in ranks]
+    assert [e["LOCAL_RANK"] for e in envs] == ["0", "1", "2"] and envs[2]["LOCAL_WORLD_SIZE"] == "3"
+    assert not {"CUDA_VISIBLE_DEVICES", "TORCH_NCCL_BLOCKING_WAIT"} & set().union(*envs)
+
+
+def test_the_notebooks_choice_of_nccl_blocking_wait_is_kept():
+    envs = environments("0,1", 2, {"TORCH_NCCL_BLOCKING_WAIT": "0"})
+    assert {e["TORCH_NCCL_BLOCKING_WAIT"] for e in envs} == {"0"}
+
+
+def test_a_later_host_numbers_its_ranks_after_the_earlier_hosts():
+    ranks = place_host((0, 1), inherited={}, host=1, hosts=2, first_rank=2, world_size=4, **MASTER)
+    envs = [dict(p.environment) for p in ranks]
+    assert [(e["RANK"], e["LOCAL_RANK"]) for e in envs] == [("2", "0"), ("3", "1")]
+    assert {
+        (e["GROUP_RANK"], e["GROUP_WORLD_SIZE"], e["WORLD_SIZE"], e["LOCAL_WORLD_SIZE"]) for e in envs
+    } == {("1", "2", "4", "2")}
+
+
+@pytest.mark.parametrize("asked", [None, "nccl"])
+def test_gpu_ranks_pair_nccl_for_cuda_tensors_with_gloo_for_cpu_tensors(asked):
+    spec, _ = plan_group(gpus="0,1", app="torch", backend=asked, visible_gpus=gpus(2))
+    assert BackendConfig(spec.backend).get_device_backend_map() == {"cpu": "gloo", "cuda": "nccl"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "backend"),
+    [
+        ({"gpus": "0", "backend": "cuda:nccl"}, "cuda:nccl"),
+        ({"gpus": "0", "backend": "cpu:gloo,cuda:gloo"}, "cpu:gloo,cuda:gloo"),
+        ({"n": "2", "backend": "cpu:gloo"}, "cpu:gloo"),
+    ],
+)
+def test_device_mapped_backends_are_taken_as_given(flags, backend):
+    spec, _ = plan_group(app="torch", visible_gpus=gpus(1), **flags)
+    assert spec.backend == backend
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        ({"n": "2", "backend": "cpu:gloo,cuda:nccl"}, "needs GPU ranks"),
+        ({"gpus": "0", "backend": "cpu:gloo,tpu:nccl"}, "device:backend pairs"),
+        ({"gpus": "0", "backend": "cpu:gloo,nccl"}, "device:backend pairs"),
+        ({"gpus": "0", "backend": "cuda:pigeon"}, "device:backend pairs"),
+    ],
+)
+def test_bad_device_mapped_backends_are_rejected(flags, words):
+    with pytest.raises(SpecError, match=words):
+        plan_group(app="torch", visible_gpus=gpus(1), **flags)
+
+
+def test_a_gpu_group_says_once_where_pulled_tensors_land_and_how_long_a_dead_peer_is_waited_for():
+    _, notices = plan_group(gpus="all", app="torch", timeout="45", visible_gpus=gpus(2))
+    assert len(notices) == 1
+    assert "%dip --pull brings tensors to the CPU" in notices[0] and "-t 45 s" in notices[0]
+    _, notices = plan_group(n="2", app="torch", visible_gpus=gpus(2))
+    assert notices == []
+
+
+def test_fastai_patches_see_a_gpu_group_in_a_device_mapped_backend(monkeypatch):
+    import torch.distributed as dist
+
+    from ddipp.apps import rankside
+
+    monkeypatch.setattr(rankside, "distributed", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "cpu:gloo,cuda:nccl")
+    assert rankside.on_gpu()
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    assert not rankside.on_gpu()
