@@ -45,7 +45,7 @@ PAYLOADS = {
 PLAIN_STARTUP = """
 import time, ipyparallel as ipp
 began = time.perf_counter()
-cluster = ipp.Cluster(n=2)
+cluster = ipp.Cluster(n=2, **CLUSTER_OPTIONS)
 rc = cluster.start_and_connect_sync()
 rc.wait_for_engines(2, timeout=120, interactive=False)
 def join(rank, port):
@@ -60,6 +60,11 @@ results = [rc[i].apply_async(join, rank, port) for rank, i in enumerate(sorted(r
 [r.get(timeout=120) for r in results]
 print("STARTUP", time.perf_counter() - began)
 """
+# ipyparallel's defaults, and configured as ddipp configures it (heartbeat period, no delay).
+PLAIN_CONFIGS = {
+    "ipyparallel": "CLUSTER_OPTIONS = {}",
+    "ipyparallel_tuned": "CLUSTER_OPTIONS = dict(controller_args=['--HeartMonitor.period=500'], delay=0)",
+}
 # %%px on ddipp's own engines (the same processes), blocking as `%px` is by default.
 PX_ON_DDIPP_ENGINES = (
     "px_view = get_ipython()._ddipp_session[0].cluster._client[:]\npx_view.block = True\npx_view.activate()"
@@ -107,21 +112,23 @@ def bench_dispatch(env: dict, runs: int) -> dict:
 
 
 def bench_startup(env: dict) -> dict:
-    """`%makedip -n 2` until cells run vs ipyparallel.Cluster(n=2) + manual init_process_group."""
-    ddipp, plain = [], []
+    """`%makedip -n 2` until cells run vs ipyparallel.Cluster(n=2) + manual init_process_group,
+    with ipyparallel's defaults and configured as ddipp configures it."""
+    samples: dict[str, list[float]] = {"ddipp": [], **{name: [] for name in PLAIN_CONFIGS}}
     for _ in range(STARTUP_REPEATS):
         with KernelSession(env) as kernel:
             ok(kernel.run("%load_ext ddipp\nimport torch"))
             cell = ok(kernel.run("%makedip -n 2 -a none"))
             probe = ok(kernel.run("%%dip\npass"))
-            ddipp.append(cell.finished_at - cell.sent_at + (probe.finished_at - probe.sent_at))
+            samples["ddipp"].append(cell.finished_at - cell.sent_at + (probe.finished_at - probe.sent_at))
             ok(kernel.run("%makedip --kill"))
-        with KernelSession(env) as kernel:
-            ok(kernel.run("import torch"))
-            cell = ok(kernel.run(PLAIN_STARTUP))
-            plain.append(cell.finished_at - cell.sent_at)
-            ok(kernel.run(PLAIN_STOP))
-    return {"ddipp": statistics.median(ddipp), "ipyparallel": statistics.median(plain)}
+        for name, options in PLAIN_CONFIGS.items():
+            with KernelSession(env) as kernel:
+                ok(kernel.run(f"import torch\n{options}"))
+                cell = ok(kernel.run(PLAIN_STARTUP))
+                samples[name].append(cell.finished_at - cell.sent_at)
+                ok(kernel.run(PLAIN_STOP))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def bench_train(env: dict) -> dict:
@@ -346,6 +353,8 @@ def table(results: dict) -> str:
     if "startup_s" in results:
         s = results["startup_s"]
         compared("start-up (s)", s["ddipp"], s["ipyparallel"], "ipyparallel+init", "<= 0.5")
+        if "ipyparallel_tuned" in s:
+            compared("start-up, same config (s)", s["ddipp"], s["ipyparallel_tuned"], "tuned ipp+init")
     if "train_samples_per_s" in results:
         t = results["train_samples_per_s"]
         compared("training (samples/s)", t["ddipp_2"], t["torchrun_2"], "torchrun", ">= 0.97")
