@@ -470,11 +470,11 @@ class IpyparallelRanks:
         from . import rank as rank_side
 
         try:
-            pickled = self._client[self._engine_ids[rank]].apply_sync(rank_side.pickle_on_cpu, names)
+            frames = self._client[self._engine_ids[rank]].apply_sync(rank_side.pickle_on_cpu, names)
         except RemoteError as error:
             raise PullError(NOT_DEFINED_ON_RANK.format(error=error.evalue, rank=rank)) from None
         try:
-            return pickle.loads(pickled)
+            return rank_side.unpickle_pulled(frames)
         except Exception as error:  # the rank is fine: only this notebook cannot load the values
             raise PullError(NOT_LOADABLE.format(rank=rank, error=error)) from error
 

@@ -208,10 +208,7 @@ def stage_push(token: str, layout: list[tuple[str, int]], *frames: memoryview) -
         header, buffers = frames[position], frames[position + 1 : position + 1 + count]
         position += 1 + count
         try:
-            # Large arrays are loaded straight from the message's writable frames (no copy);
-            # small ones arrive as read-only bytes and are copied, or they would be read-only.
-            writable = [b if not memoryview(b).readonly else bytearray(b) for b in buffers]
-            staged[name] = pickle.loads(header, buffers=writable)
+            staged[name] = pickle.loads(header, buffers=writable(buffers))
         except Exception as error:
             return name, f"{type(error).__name__}: {error}"
     _staged_pushes[token] = staged
@@ -248,13 +245,15 @@ def memory_in_use() -> dict:
     return info
 
 
-def pickle_on_cpu(names: list[str], namespace: dict | None = None) -> bytes:
+def pickle_on_cpu(names: list[str], namespace: dict | None = None) -> list[Any]:
     """The values of `names` in this rank's namespace (its IPython namespace unless given),
     pickled with every tensor that lives on a device moved to the CPU.
 
     Unpickled in the notebook, a CUDA tensor would land on a GPU there (a CUDA context on a
     training GPU) or fail where the notebook has no CUDA. Tensors nested anywhere (lists,
     dicts, state_dicts, modules, any object) are copied to the CPU as they are pickled.
+    Returns the pickle and its out-of-band buffers (protocol 5: large arrays are not copied
+    into the pickle); `unpickle_pulled` reads them back.
     """
     if namespace is None:
         from IPython import get_ipython
@@ -264,8 +263,20 @@ def pickle_on_cpu(names: list[str], namespace: dict | None = None) -> bytes:
         if name not in namespace:
             raise NameError(f"name {name!r} is not defined")
     buffer = io.BytesIO()
-    CpuPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump([namespace[name] for name in names])
-    return buffer.getvalue()
+    buffers: list[pickle.PickleBuffer] = []
+    CpuPickler(buffer, protocol=5, buffer_callback=buffers.append).dump([namespace[name] for name in names])
+    return [buffer.getvalue(), *(b.raw() for b in buffers)]
+
+
+def unpickle_pulled(frames: list[Any]) -> list[Any]:
+    """The values `pickle_on_cpu` pickled, from its frames."""
+    return pickle.loads(frames[0], buffers=writable(frames[1:]))
+
+
+def writable(buffers: Any) -> list[Any]:
+    """Buffers to load arrays from: large ones arrive as writable message frames (used as they
+    are), small ones as read-only bytes (copied, or the arrays would be read-only)."""
+    return [b if not memoryview(b).readonly else bytearray(b) for b in buffers]
 
 
 def on_cpu(tensor):

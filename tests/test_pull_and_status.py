@@ -10,7 +10,7 @@ import torch
 
 from ddipp.cluster import RankInfo
 from ddipp.fsm import State
-from ddipp.rank import pickle_on_cpu
+from ddipp.rank import pickle_on_cpu, unpickle_pulled
 from ddipp.session import Status
 from ddipp.spec import plan_group
 from tests.devices import on_fake_gpu
@@ -24,7 +24,7 @@ class Holder:
 
 
 def pulled(**namespace):
-    return pickle.loads(pickle_on_cpu(list(namespace), namespace))
+    return unpickle_pulled(pickle_on_cpu(list(namespace), namespace))
 
 
 def test_tensors_nested_anywhere_arrive_on_the_cpu_with_their_values():
