@@ -1,6 +1,6 @@
 """Run every benchmark on 2 CPU ranks, print a table of ratios, write bench/results.json.
 
-    python -m bench [--only dispatch,startup,train,stream,faults,push,fastai] [--runs 100]
+    python -m bench [--only dispatch,startup,train,stream,faults,push,scaling,fastai] [--runs 100]
 
 Each figure is measured against its peer in the same run, on the same machine: a notebook
 client (jupyter_client) drives a real kernel, as Jupyter does.
@@ -31,6 +31,9 @@ STREAM_REPEATS = 7
 TRAIN_REPEATS = 5
 STARTUP_REPEATS = 3
 PUSH_REPEATS = 5
+SCALING_RANKS = (1, 2, 4, 8)
+SCALING_RUNS = 30
+SCALING_FIGURE = ROOT / "docs" / "images" / "scaling.png"
 # What is pushed and pulled: made in the notebook by this code, named `payload`.
 PAYLOADS = {
     "10MB": "payload = np.random.rand(10 * 2**20 // 8)",
@@ -219,6 +222,53 @@ def bench_push(env: dict) -> dict:
     return results
 
 
+def bench_scaling(env: dict) -> dict:
+    """Start-up and a trivial cell's round trip for 1, 2, 4 and 8 CPU ranks: %%dip against
+    %%px on the same engines (8 ranks oversubscribe 2 cores)."""
+    results: dict = {}
+    for ranks in SCALING_RANKS:
+        with KernelSession(env) as kernel:
+            ok(kernel.run("%load_ext ddipp\nimport torch"))
+            cell = ok(kernel.run(f"%makedip -n {ranks} -a none"))
+            probe = ok(kernel.run("%%dip\npass"))
+            startup = cell.finished_at - cell.sent_at + (probe.finished_at - probe.sent_at)
+            ok(kernel.run(PX_ON_DDIPP_ENGINES))
+            times: dict[str, list[float]] = {"ddipp": [], "px": []}
+            for _ in range(SCALING_RUNS):
+                for name, code in (("ddipp", "%%dip\npass"), ("px", "%%px\npass")):
+                    cell = ok(kernel.run(code))
+                    times[name].append((cell.finished_at - cell.sent_at) * 1000)
+            ok(kernel.run("%makedip --kill"))
+        results[str(ranks)] = {
+            "startup_s": startup,
+            "dispatch_ms": {name: statistics.median(values) for name, values in times.items()},
+        }
+    draw_scaling(results, SCALING_FIGURE)
+    return results
+
+
+def draw_scaling(results: dict, path: Path) -> None:
+    """The scaling figure: start-up and round trip against the number of ranks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranks = [int(n) for n in results]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    left.plot(ranks, [results[str(n)]["startup_s"] for n in ranks], "o-", label="%makedip -n N")
+    left.set(xlabel="CPU ranks", ylabel="seconds", title="start-up until a cell runs", xticks=ranks)
+    for name, label in (("ddipp", "%%dip"), ("px", "%%px (same engines)")):
+        right.plot(ranks, [results[str(n)]["dispatch_ms"][name] for n in ranks], "o-", label=label)
+    right.set(xlabel="CPU ranks", ylabel="ms (median)", title="trivial cell round trip", xticks=ranks)
+    for axes in (left, right):
+        axes.legend()
+        axes.set_ylim(bottom=0)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+
+
 def bench_faults(env: dict) -> dict:
     """Detection and recovery times: a rank killed mid-cell, interrupts, a killed kernel."""
     results = {}
@@ -376,6 +426,9 @@ def table(results: dict) -> str:
     for size, p in results.get("push_s", {}).items():
         compared(f"push {size} (s)", p["push_ddipp"], p["push_view"], "view.push", "<= 1.05")
         compared(f"pull {size} (s)", p["pull_ddipp"], p["pull_view"], "view.pull")
+    for ranks, r in results.get("scaling", {}).items():
+        compared(f"dispatch, {ranks} rank(s) (ms)", r["dispatch_ms"]["ddipp"], r["dispatch_ms"]["px"], "%%px")
+        alone(f"  start-up, {ranks} rank(s) (s)", r["startup_s"])
     if "stream_s" in results:
         s = results["stream_s"]
         compared("10k lines, last (s)", s["ddipp"], s["px"], "%%px --stream", "<= 1.0")
@@ -396,7 +449,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="dispatch,startup,train,stream,faults,push,fastai")
+    parser.add_argument("--only", default="dispatch,startup,train,stream,faults,push,scaling,fastai")
     parser.add_argument("--runs", type=int, default=100, help="round trips per contender (dispatch)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file to update")
     args = parser.parse_args()
@@ -411,6 +464,7 @@ def main() -> int:
             "stream": ("stream_s", lambda: bench_stream(env)),
             "faults": ("faults_s", lambda: bench_faults(env)),
             "push": ("push_s", lambda: bench_push(env)),
+            "scaling": ("scaling", lambda: bench_scaling(env)),
             "fastai": ("fastai", lambda: bench_fastai(env)),
         }
         for name in chosen:
