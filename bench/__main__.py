@@ -1,6 +1,6 @@
 """Run every benchmark on 2 CPU ranks, print a table of ratios, write bench/results.json.
 
-    python -m bench [--only dispatch,startup,train,stream,faults,push,scaling,fastai] [--runs 100]
+    python -m bench [--only dispatch,startup,train,stream,faults,push,scaling,fastai,parity] [--runs 100]
 
 Each figure is measured against its peer in the same run, on the same machine: a notebook
 client (jupyter_client) drives a real kernel, as Jupyter does.
@@ -335,6 +335,27 @@ def bench_fastai(env: dict) -> dict:
     }
 
 
+def bench_parity(env: dict) -> dict:
+    """fastai's tools on 2 ranks under %autodip against one process: lr_find's sweep and
+    suggestion, and every validation metric on the ranks' weights."""
+    from bench.fastai_workload import fastai_major
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        with KernelSession(env) as kernel:
+            ok(kernel.run("%load_ext ddipp\n%makedip -n 2\n%autodip on"))
+            cell = ok(
+                kernel.run(
+                    "from pathlib import Path\nfrom bench.fastai_parity import measure\n"
+                    f"_ = measure(Path({str(work)!r}))"
+                )
+            )
+            ddipp = _result_line(cell.text())
+            ok(kernel.run("%makedip --kill"))
+        single = _run_module(env, "bench.fastai_parity", str(work))
+    return {"fastai_major": fastai_major(), "ddipp": ddipp, "single": single}
+
+
 def _run_module(env: dict, module: str, *args: str, ranks: int | None = None) -> dict:
     """`python -m module args` alone, or on `ranks` processes under torchrun; rank 0's RESULT."""
     launcher = (
@@ -429,27 +450,63 @@ def table(results: dict) -> str:
     for ranks, r in results.get("scaling", {}).items():
         compared(f"dispatch, {ranks} rank(s) (ms)", r["dispatch_ms"]["ddipp"], r["dispatch_ms"]["px"], "%%px")
         alone(f"  start-up, {ranks} rank(s) (s)", r["startup_s"])
+    if "parity" in results:
+        p = results["parity"]
+        major = p["fastai_major"]
+        for sweep in ("lr_find", "lr_find_no_stop"):
+            for figure in ("iterations", "end_lr", "suggestion"):
+                compared(
+                    f"fastai{major} {sweep} {figure}",
+                    p["ddipp"][sweep][figure],
+                    p["single"][sweep][figure],
+                    "one process",
+                    "1.0" if figure != "suggestion" else "0.5-2",
+                )
+        for name, last, ours, theirs in zip(
+            p["ddipp"]["metrics"],
+            p["ddipp"]["last_epoch"],
+            p["ddipp"]["validate"],
+            p["single"]["validate"],
+            strict=True,
+        ):
+            compared(f"fastai{major} {name}, last epoch", last, theirs, "one process, same w", "1.0")
+            compared(f"fastai{major} {name}, validate", ours, theirs, "one process, same w", "1.0")
+        alone(
+            f"fastai{major} metrics, largest |difference|",
+            max(
+                abs(ours - theirs)
+                for key in ("last_epoch", "validate")
+                for ours, theirs in zip(p["ddipp"][key], p["single"]["validate"], strict=True)
+            ),
+            "< 1e-6",
+        )
     if "stream_s" in results:
         s = results["stream_s"]
         compared("10k lines, last (s)", s["ddipp"], s["px"], "%%px --stream", "<= 1.0")
         if "first_byte_latency_ddipp" in s:
             alone("first byte latency (s)", s["first_byte_latency_ddipp"], "< 0.1")
         compared("10k lines, first (s)", s["first_line_ddipp"], s["first_line_px"], "%%px --stream")
-    lines = [f"{'benchmark':<28}{'ddipp':>12}{'peer':>12}  {'peer is':<18}{'ratio':>8}  target"]
+    width = max([28, *(len(row[0]) + 1 for row in rows)])
+    lines = [f"{'benchmark':<{width}}{'ddipp':>12}{'peer':>12}  {'peer is':<20}{'ratio':>8}  target"]
     for name, ours, peer, peer_name, target in rows:
-        peer_text = f"{peer:12.3f}" if peer is not None else " " * 12
+        peer_text = _figure(peer) if peer is not None else " " * 12
         ratio_text = f"{ours / peer:8.3f}" if peer is not None else " " * 8
-        lines.append(f"{name:<28}{ours:12.3f}{peer_text}  {peer_name:<18}{ratio_text}  {target}")
+        lines.append(f"{name:<{width}}{_figure(ours)}{peer_text}  {peer_name:<20}{ratio_text}  {target}")
     for key, value in results.get("faults_s", {}).items():
         lines.append(f"{key:<40}{value:8.3f} s")
     return "\n".join(lines)
+
+
+def _figure(value: float) -> str:
+    # Learning rates are far below the 0.001 that three decimals show.
+    return f"{value:12.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:12.2e}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="dispatch,startup,train,stream,faults,push,scaling,fastai")
+    parser.add_argument("--only", default="dispatch,startup,train,stream,faults,push,scaling,fastai,parity")
     parser.add_argument("--runs", type=int, default=100, help="round trips per contender (dispatch)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file to update")
     args = parser.parse_args()
@@ -466,6 +523,7 @@ def main() -> int:
             "push": ("push_s", lambda: bench_push(env)),
             "scaling": ("scaling", lambda: bench_scaling(env)),
             "fastai": ("fastai", lambda: bench_fastai(env)),
+            "parity": ("parity", lambda: bench_parity(env)),
         }
         for name in chosen:
             key, run = steps[name]

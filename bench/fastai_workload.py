@@ -39,6 +39,12 @@ def render_digits(folder: Path) -> Path:
 
 def tabular(work: Path) -> dict:
     """Breast-cancer data, a 64-32 MLP, fit_one_cycle: accuracy and the fit's wall time."""
+    return _fit_and_score(lesson_tabular_learner(work), EPOCHS_TABULAR)
+
+
+def lesson_tabular_learner(work: Path, more_metrics: bool = False):
+    """The lesson's tabular learner on breast-cancer data (seeded); with `more_metrics`, also an F
+    score and the ROC AUC, fastai's callback metrics."""
     from sklearn.datasets import load_breast_cancer
 
     cancer = load_breast_cancer(as_frame=True)
@@ -46,8 +52,10 @@ def tabular(work: Path) -> dict:
     conts = list(cancer.feature_names)
     if fastai_major() == 2:
         from fastai.tabular.all import (
+            F1Score,
             Normalize,
             RandomSplitter,
+            RocAucBinary,
             TabularDataLoaders,
             accuracy,
             range_of,
@@ -60,19 +68,19 @@ def tabular(work: Path) -> dict:
             df, path=work, procs=[Normalize], cont_names=conts, y_names="target", valid_idx=splits[1], bs=32
         )
         set_seed(42)
-        learn = tabular_learner(dls, layers=[64, 32], metrics=accuracy)
-    else:
-        import numpy as np
-        import torch
-        from fastai.tabular import Normalize, TabularDataBunch, accuracy, tabular_learner
+        metrics = [accuracy, F1Score(), RocAucBinary()] if more_metrics else accuracy
+        return tabular_learner(dls, layers=[64, 32], metrics=metrics)
+    import numpy as np
+    import torch
+    from fastai.tabular import AUROC, FBeta, Normalize, TabularDataBunch, accuracy, tabular_learner
 
-        valid_idx = list(np.random.RandomState(42).permutation(len(df))[: len(df) // 5])
-        data = TabularDataBunch.from_df(
-            work, df, "target", valid_idx=valid_idx, procs=[Normalize], cont_names=conts, cat_names=[], bs=32
-        )
-        torch.manual_seed(42)
-        learn = tabular_learner(data, layers=[64, 32], metrics=accuracy)
-    return _fit_and_score(learn, EPOCHS_TABULAR)
+    valid_idx = list(np.random.RandomState(42).permutation(len(df))[: len(df) // 5])
+    data = TabularDataBunch.from_df(
+        work, df, "target", valid_idx=valid_idx, procs=[Normalize], cont_names=conts, cat_names=[], bs=32
+    )
+    torch.manual_seed(42)
+    metrics = [accuracy, FBeta(), AUROC()] if more_metrics else accuracy
+    return tabular_learner(data, layers=[64, 32], metrics=metrics)
 
 
 def vision(work: Path, digits: Path) -> dict:

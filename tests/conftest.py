@@ -8,7 +8,7 @@ import uuid
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from ddipp.magics import DipMagics
+from ddipp.magics import AutodipTransformer, DipMagics
 from ddipp.notebooks import KernelSession
 from ddipp.session import DipSession
 from tests.processes import TAG_VARIABLE, descendants_alive, wait_until_gone
@@ -16,11 +16,28 @@ from tests.processes import TAG_VARIABLE, descendants_alive, wait_until_gone
 
 @pytest.fixture
 def notebook():
-    """An IPython shell with ddipp's magics on a fresh session; nothing may outlive it."""
+    """An IPython shell with ddipp's magics and autodip on a fresh session, as `%load_ext ddipp`
+    sets them up; nothing may outlive it."""
+    shell = InteractiveShell.instance()
+    session = DipSession()
+    transformer = AutodipTransformer(session)
+    shell.register_magics(DipMagics(shell, session, transformer))
+    shell.input_transformers_cleanup.append(transformer)
+    yield shell, session
+    shell.input_transformers_cleanup.remove(transformer)
+    session.shutdown()
+    assert descendants_alive() == []
+
+
+@pytest.fixture(scope="module")
+def fastai_ranks():
+    """2 CPU ranks with the app of the installed fastai, shared by a module's tests; nothing may
+    outlive them."""
     shell = InteractiveShell.instance()
     session = DipSession()
     shell.register_magics(DipMagics(shell, session))
-    yield shell, session
+    shell.run_line_magic("makedip", "-n 2")
+    yield shell
     session.shutdown()
     assert descendants_alive() == []
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
 import pytest
 
 from ddipp.notebooks import cell_text, execute_notebook
+from tests.environments import requires_fastai
 from tests.processes import TAG_VARIABLE, tagged_processes, wait_until_gone
 
 NOTEBOOKS = sorted((Path(__file__).parent / "notebooks").glob("*.ipynb"))
@@ -15,10 +17,15 @@ NOTEBOOKS = sorted((Path(__file__).parent / "notebooks").glob("*.ipynb"))
 CLEAN_UP_S = 10
 
 
+def _notebook_param(path: Path):
+    """A fastai lesson runs in the environment of its fastai major version (make test runs both)."""
+    wanted = json.loads(path.read_text())["metadata"].get("ddipp_requires", {}).get("fastai")
+    return pytest.param(path, id=path.stem, marks=requires_fastai(wanted) if wanted is not None else ())
+
+
 @pytest.mark.notebook
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", [_notebook_param(path) for path in NOTEBOOKS])
 def test_notebook(path, tmp_path, monkeypatch):
-    _skip_unless_environment_fits(path)
     tag = uuid.uuid4().hex
     env = dict(__import__("os").environ, **{TAG_VARIABLE: tag, "IPYTHONDIR": str(tmp_path / "ipython")})
     notebook = execute_notebook(path, tmp_path / path.name, env=env)
@@ -60,21 +67,6 @@ def check_expectations(notebook, name: str) -> None:
             took = _seconds_taken(cell)
             assert took < expect["max_seconds"], (where, f"took {took:.1f} s")
     assert checked, f"{name} has no cell with expectations"
-
-
-def _skip_unless_environment_fits(path: Path) -> None:
-    """A fastai lesson runs in the environment of its fastai major version (make test runs both)."""
-    import json
-
-    from ddipp.apps import installed_version
-
-    wanted = json.loads(path.read_text())["metadata"].get("ddipp_requires", {}).get("fastai")
-    if wanted is None:
-        return
-    found = installed_version("fastai")
-    if found is None or int(found.split(".")[0]) != wanted:
-        environment = ".venv-fastai1" if wanted == 1 else ".venv"
-        pytest.skip(f"needs fastai {wanted}.x (found {found}): it runs in {environment}")
 
 
 def _outputs_of_kind(cell, kind: str) -> list[str]:

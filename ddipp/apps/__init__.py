@@ -13,6 +13,8 @@ APP_MISSING = (
 )
 UNKNOWN_APP = "unknown app {app!r}: choose one of {choices}"
 SEPARATE_ENV = " (in its own environment: fastai 1 and fastai 2 share the import name 'fastai')"
+# Bound in every rank's namespace by the apps that patch: `with rank0_first():` / `@rank0_first`.
+RANK0_FIRST = "from ddipp.apps.hoststep import rank0_first\n"
 ALSO_NEEDS = (
     "app {app!r} also needs {library}, which is not installed. Install it with: pip install {library}"
 )
@@ -78,7 +80,9 @@ APPS: dict[str, App] = {
     for app in (
         App(
             "fastai_v1",
-            "fastai 1.x (course-v3 API): Learner.fit trains under DDP, lr_find, downloads and load patched",
+            "fastai 1.x (course-v3 API): Learner.fit trains under DDP; lr_find, metrics, downloads and "
+            "shell escapes as in one process",
+            rank_imports=RANK0_FIRST,
             rank_module="ddipp.apps.fastai1_rank",
             library="fastai",
             major=1,
@@ -86,7 +90,9 @@ APPS: dict[str, App] = {
         ),
         App(
             "fastai",
-            "fastai 2.x: Learner.fit trains under DDP (distrib_ctx), CPU/gloo, lr_find, downloads patched",
+            "fastai 2.x: Learner.fit trains under DDP (distrib_ctx), CPU/gloo; lr_find, metrics, downloads "
+            "and shell escapes as in one process",
+            rank_imports=RANK0_FIRST,
             rank_module="ddipp.apps.fastai2_rank",
             library="fastai",
             major=2,
@@ -95,8 +101,9 @@ APPS: dict[str, App] = {
         ),
         App(
             "torch",
-            "plain PyTorch: torch and torch.distributed (as dist) imported, nothing patched",
-            rank_imports="import torch\nimport torch.distributed as dist\n",
+            "plain PyTorch: torch and torch.distributed (as dist) imported; shell escapes run once per host",
+            rank_imports="import torch\nimport torch.distributed as dist\n" + RANK0_FIRST,
+            rank_module="ddipp.apps.hoststep",
         ),
         App("none", "nothing imported or patched on the ranks"),
     )

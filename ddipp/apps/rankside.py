@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,7 @@ def distributed() -> bool:
 
 
 def rank() -> int:
+    """This process's rank in the group; 0 outside one."""
     import torch.distributed as dist
 
     return dist.get_rank() if distributed() else 0
@@ -37,6 +37,7 @@ def collective_device() -> Any:
 
 
 def barrier() -> None:
+    """Wait for every rank (bounded by the group's collective timeout); nothing outside a group."""
     import torch.distributed as dist
 
     if distributed():
@@ -57,18 +58,6 @@ def global_mean(value: Any) -> Any:
     return torch.tensor(mean, dtype=value.dtype, device=value.device) if was_tensor else mean
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank if `flag` is true on any rank."""
-    if not distributed():
-        return flag
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor(int(flag), device=collective_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
-
-
 def from_rank0(value: Any) -> Any:
     """Rank 0's `value` on every rank (any picklable object)."""
     if not distributed():
@@ -80,34 +69,7 @@ def from_rank0(value: Any) -> Any:
     return box[0]
 
 
-_rank0_first_depth = 0
-
-
-def rank0_first(function: Callable) -> Callable:
-    """`function` runs on rank 0 first, then on the other ranks (which find rank 0's result,
-    e.g. a downloaded archive, in place)."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        global _rank0_first_depth
-        # Nested calls (untar_data calls download_data) run plainly: only the outermost call
-        # synchronises, or the ranks could pass different numbers of barriers.
-        if not distributed() or _rank0_first_depth:
-            return function(*args, **kwargs)
-        _rank0_first_depth += 1
-        try:
-            if rank() == 0:
-                try:
-                    return function(*args, **kwargs)
-                finally:
-                    barrier()
-            barrier()
-            return function(*args, **kwargs)
-        finally:
-            _rank0_first_depth -= 1
-
-    wrapper.__ddipp_original__ = function
-    return wrapper
+_ABSENT = object()
 
 
 class Patches:
@@ -117,9 +79,10 @@ class Patches:
         self._saved: list[tuple[Any, str, Any]] = []
 
     def replace(self, owner: Any, name: str, new: Any) -> None:
-        self._saved.append(
-            (owner, name, owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name))
-        )
+        """Set `owner.name` (a class, module or instance attribute) to `new`, remembering what was there."""
+        # Only what `owner` itself holds: an inherited attribute (or a method of an instance's
+        # class) is restored by deleting ours.
+        self._saved.append((owner, name, vars(owner).get(name, _ABSENT)))
         setattr(owner, name, new)
 
     def replace_everywhere(self, original: Callable, new: Callable, package: str) -> int:
@@ -135,9 +98,10 @@ class Patches:
         return count
 
     def undo(self) -> None:
+        """Put back every replaced attribute, last first."""
         while self._saved:
             owner, name, value = self._saved.pop()
-            if value is None and isinstance(owner, type):
+            if value is _ABSENT:
                 delattr(owner, name)
             else:
                 setattr(owner, name, value)
@@ -156,3 +120,28 @@ def show_figures_inline() -> None:
             shell.run_line_magic("matplotlib", "inline")
     except Exception:
         pass  # no matplotlib: fastai's plots are then unavailable anyway
+
+
+GLOBAL_BATCH = (
+    "ddipp: {world} ranks each train on batches of {bs} from their share of the data, so every "
+    "optimizer step sees {total} samples (a global batch of {total}) at the learning rate you give. "
+    "For the one-process batch of {bs}, build the DataLoaders with bs={per_rank} (bs // {world})."
+)
+_told_global_batch = False
+
+
+def tell_global_batch(batch_size: int) -> None:
+    """Say once, on rank 0, how large the global batch is and how to keep the one-process one."""
+    global _told_global_batch
+    if _told_global_batch or not distributed():
+        return
+    _told_global_batch = True
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        world = dist.get_world_size()
+        print(
+            GLOBAL_BATCH.format(
+                world=world, bs=batch_size, total=world * batch_size, per_rank=max(1, batch_size // world)
+            )
+        )
