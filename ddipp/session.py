@@ -50,6 +50,7 @@ STALE_GROUP = (
 INTERRUPTED = "{magic} was interrupted"
 BROKE = "{magic} failed: {error}"
 STOP_FAILED = "ddipp: stopping the group raised {error!r}; processes still running: {pids}"
+AUTODIP_WITHOUT_GROUP = "ddipp: autodip is off: no group is running (state: {state})"
 AUTODIP_ENDED = {
     Trigger.KILL: "ddipp: autodip is off: the group was stopped",
     Trigger.GROUP_BROKEN: "ddipp: autodip is off: the group failed",
@@ -109,6 +110,9 @@ def _settles(magic: str) -> Callable:
                 if self.state in TRANSIENT_STATES:
                     reason = INTERRUPTED if isinstance(error, KeyboardInterrupt) else BROKE
                     self._settle(reason.format(magic=magic, error=error))
+                # e.g. a restart interrupted between stopping the old group and starting anew
+                if self.state not in (State.PATCHED, State.RUNNING) and self.autodip.end_with_group():
+                    self._say(AUTODIP_WITHOUT_GROUP.format(state=self.state.value))
                 raise
 
         return settled
