@@ -1,4 +1,4 @@
-"""pytest options of ddipp: `--run-notebooks` and `--run-slow` opt in to the real-process tiers."""
+"""pytest options of ddipp: `--run-notebooks`, `--run-slow` and `--run-browser` opt in to real processes."""
 
 from __future__ import annotations
 
@@ -19,10 +19,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="also run tests that start real CPU ranks in this process",
     )
+    group.addoption(
+        "--run-browser",
+        action="store_true",
+        default=False,
+        help="also run notebooks through JupyterLab in headless chromium (tests/test_browser.py)",
+    )
+    group.addoption(
+        "--screenshots",
+        default=None,
+        metavar="DIR",
+        help="keep the browser tests' screenshots in DIR (make docs-images: docs/images)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    tiers = {"notebook": "--run-notebooks", "slow": "--run-slow"}
+    tiers = {"notebook": "--run-notebooks", "slow": "--run-slow", "browser": "--run-browser"}
     for item in items:
         for marker, option in tiers.items():
             if marker in item.keywords and not config.getoption(option):

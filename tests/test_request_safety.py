@@ -65,7 +65,7 @@ def test_a_second_interrupt_during_the_grace_still_leaves_a_usable_group(kernel)
 def test_an_interrupt_during_kill_still_ends_idle_with_nothing_left(kernel):
     assert kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch").status == "ok"
     kernel.run("%makedip --kill", interrupt_after=0.3, timeout=HANG_GUARD_S)
-    assert "state idle" in kernel.run("%dipstatus").text()
+    assert "state idle" in kernel.run("%dipstatus").shown_text()
     assert children_alive(kernel) == "0"
 
 
