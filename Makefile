@@ -7,11 +7,11 @@ INSTALLED := $(VENV)/.installed
 VENV1 := .venv-fastai1
 INSTALLED1 := $(VENV1)/.installed
 
-.PHONY: demo test lint docs bench clean gpu-wheels gpu-check gpu-rehearsal
+.PHONY: demo test lint docs docs-images chromium bench clean gpu-wheels gpu-check gpu-rehearsal
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,fastai]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,fastai,browser]'
 	touch $(INSTALLED)
 
 $(INSTALLED1): pyproject.toml constraints.txt constraints-fastai1.txt
@@ -24,10 +24,11 @@ $(INSTALLED1): pyproject.toml constraints.txt constraints-fastai1.txt
 demo: $(INSTALLED)
 	$(PY) -m ddipp.notebooks examples/demo.ipynb -o examples/demo.executed.ipynb
 
-## test: lint, then every test tier (unit, fuzzer, real CPU ranks, notebooks through nbclient),
-## then the fastai tests again in the fastai 1 environment (those of fastai 2 skip there)
-test: $(INSTALLED) $(INSTALLED1) lint
-	$(PY) -m pytest --run-slow --run-notebooks
+## test: lint, then every test tier (unit, fuzzer, real CPU ranks, notebooks through nbclient,
+## notebooks through JupyterLab in chromium), then the fastai tests again in the fastai 1
+## environment (those of fastai 2 skip there)
+test: $(INSTALLED) $(INSTALLED1) lint chromium
+	$(PY) -m pytest --run-slow --run-notebooks --run-browser
 	$(VENV1)/bin/python -m pytest --run-slow --run-notebooks -m fastai
 
 lint: $(INSTALLED)
@@ -37,6 +38,17 @@ lint: $(INSTALLED)
 ## docs: regenerate docs/states.md from the transition table
 docs: $(INSTALLED)
 	$(PY) -m ddipp.fsm.diagram > docs/states.md
+
+## docs-images: the browser tests' screenshots -> docs/images (README and docs/guide.md show them)
+docs-images: $(INSTALLED) chromium
+	$(PY) -m pytest --run-browser --screenshots docs/images tests/test_browser.py
+
+## chromium: Debian's package for the browser tier, installed when run as root; else that tier skips
+chromium:
+	@if command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "chromium is not installed: the browser tests will skip (apt-get install chromium)"; fi
 
 clean:
 	rm -rf $(VENV) $(VENV1) examples/demo.executed.ipynb .pytest_cache .hypothesis

@@ -1,4 +1,4 @@
-"""pytest options of ddipp: `--run-notebooks`, `--run-slow`, `--run-gpu` opt in to the real-process tiers."""
+"""pytest options of ddipp: the --run-* flags opt in to the tiers that start real processes."""
 
 from __future__ import annotations
 
@@ -25,12 +25,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="also run the tests that start GPU ranks (they skip where no CUDA GPU is visible)",
     )
+    group.addoption(
+        "--run-browser",
+        action="store_true",
+        default=False,
+        help="also run notebooks through JupyterLab in headless chromium (tests/test_browser.py)",
+    )
+    group.addoption(
+        "--screenshots",
+        default=None,
+        metavar="DIR",
+        help="keep the browser tests' screenshots in DIR (make docs-images: docs/images)",
+    )
 
 
 # Per marker: the option that opts in to its tier, and what a skipped test says.
 TIERS = {
     "notebook": ("--run-notebooks", "needs --run-notebooks"),
     "slow": ("--run-slow", "needs --run-slow"),
+    "browser": ("--run-browser", "needs --run-browser"),
     "gpu": ("--run-gpu", "needs --run-gpu and CUDA GPUs: `make gpu-check` runs this tier (docs/gpu.md)"),
 }
 NO_GPU = (

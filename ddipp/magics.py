@@ -5,11 +5,13 @@ from __future__ import annotations
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
 
 from .cells import Route, route_cell
 from .display import NotebookSink
 from .errors import LocalRunFailed
 from .fsm import Trigger
+from .report import StatusReport
 from .session import DipSession
 from .spec import plan_group
 
@@ -264,11 +266,10 @@ class DipMagics(Magics):
 
     @line_magic
     def dipstatus(self, line: str) -> None:
-        """Show the group's state, its ranks (pid, device, alive, memory)."""
+        """Show the group's state, its ranks (pid, host, device, alive, memory) and the autodip mode."""
         if strip_comment(line).strip():
             raise UsageError("%dipstatus takes no arguments")
-        print(self.session.status().render())
-        print(self.session.autodip.describe())
+        display(StatusReport(self.session.status(), self.session.autodip.describe()))
 
 
 def _describe(error: BaseException) -> str:

@@ -68,6 +68,17 @@ class CellMessages:
         """All stream text, in arrival order."""
         return "".join(m["content"]["text"] for _, m in self.iopub if m["msg_type"] == "stream")
 
+    def shown_text(self) -> str:
+        """Streams and the plain-text form of displays and results, in arrival order."""
+        parts = []
+        for _, message in self.iopub:
+            content = message["content"]
+            if message["msg_type"] == "stream":
+                parts.append(content["text"])
+            elif "data" in content:
+                parts.append(content["data"].get("text/plain", ""))
+        return "".join(parts)
+
     def first_arrival(self, needle: str) -> float | None:
         """When the first stream message containing `needle` arrived."""
         for at, message in self.iopub:

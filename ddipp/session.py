@@ -76,24 +76,33 @@ class Status:
     reason: str
     memory: tuple[dict, ...] = ()
 
+    def rank_table(self) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+        """Column names and one row per rank, as text: the plain and the HTML view both show these."""
+        header = ("rank", "engine", "pid", "host", "device", "alive", "memory")
+        rows = []
+        for info in self.ranks:
+            memory = self.memory[info.rank] if info.rank < len(self.memory) else {}
+            used = f"{memory['rss_mb']:.0f} MB" if "rss_mb" in memory else "-"
+            if "cuda_allocated_mb" in memory:
+                # What nvidia-smi counts: torch's cache (reserved) and every process on the GPU.
+                used += CUDA_MEMORY.format(**memory)
+            alive = "no" if info.rank in self.dead else "yes"
+            rows.append(
+                (str(info.rank), str(info.engine_id), str(info.pid), info.host, info.device, alive, used)
+            )
+        return header, rows
+
     def render(self) -> str:
+        """The report as plain text (what a terminal shows)."""
         lines = [f"ddipp: state {self.state.value}"]
         if self.reason:
             lines.append(f"  reason: {self.reason}")
         if self.spec is not None and self.ranks:
             lines.append(f"  group: {self.spec.describe()}")
-            lines.append("  rank  engine  pid      device   alive  memory")
-            for info in self.ranks:
-                memory = self.memory[info.rank] if info.rank < len(self.memory) else {}
-                used = f"{memory['rss_mb']:.0f} MB" if "rss_mb" in memory else "-"
-                if "cuda_allocated_mb" in memory:
-                    # What nvidia-smi counts: torch's cache (reserved) and every process on the GPU.
-                    used += CUDA_MEMORY.format(**memory)
-                alive = "no" if info.rank in self.dead else "yes"
-                lines.append(
-                    f"  {info.rank:<4}  {info.engine_id:<6}  {info.pid:<7}  {info.device:<7}  "
-                    f"{alive:<5}  {used}"
-                )
+            header, rows = self.rank_table()
+            widths = [max(map(len, column)) for column in zip(header, *rows, strict=True)]
+            for row in (header, *rows):
+                lines.append("  " + "  ".join(map(str.ljust, row, widths)).rstrip())
         return "\n".join(lines)
 
 

@@ -51,7 +51,7 @@ def test_an_interrupt_during_kill_still_ends_idle_with_nothing_left(kernel):
     kernel, _ = kernel
     assert kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch").status == "ok"
     kernel.run("%makedip --kill", interrupt_after=0.3, timeout=HANG_GUARD_S)
-    assert "state idle" in kernel.run("%dipstatus").text()
+    assert "state idle" in kernel.run("%dipstatus").shown_text()
     assert children_alive(kernel) == "0"
 
 
