@@ -1,4 +1,5 @@
-"""pytest options of ddipp: `--run-notebooks`, `--run-slow`, `--run-gpu` opt in to the real-process tiers."""
+"""pytest options of ddipp: `--run-notebooks`, `--run-slow`, `--run-gpu`, `--run-multihost` opt in to
+the real-process tiers."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="also run the tests that start GPU ranks (they skip where no CUDA GPU is visible)",
     )
+    group.addoption(
+        "--run-multihost",
+        action="store_true",
+        default=False,
+        help="also run the tests that attach to engines on simulated hosts (namespaces; needs root)",
+    )
 
 
 # Per marker: the option that opts in to its tier, and what a skipped test says.
@@ -32,6 +39,7 @@ TIERS = {
     "notebook": ("--run-notebooks", "needs --run-notebooks"),
     "slow": ("--run-slow", "needs --run-slow"),
     "gpu": ("--run-gpu", "needs --run-gpu and CUDA GPUs: `make gpu-check` runs this tier (docs/gpu.md)"),
+    "multihost": ("--run-multihost", "needs --run-multihost, as root (simulated hosts are namespaces)"),
 }
 NO_GPU = (
     "needs a CUDA GPU, and torch.cuda.device_count() is 0 here: "

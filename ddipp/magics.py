@@ -130,7 +130,24 @@ class DipMagics(Magics):
         default=None,
         help="'all' or GPU ids (0,1,3 or \"0 1 3\"): one rank per GPU, in this order",
     )
-    @argument("-n", "--n", dest="n", default=None, help="number of CPU ranks (gloo)")
+    @argument(
+        "-n",
+        "--n",
+        dest="n",
+        default=None,
+        help="number of CPU ranks (gloo); with --attach, how many of the registered engines (default all)",
+    )
+    @argument(
+        "--attach",
+        default=None,
+        metavar="FILE",
+        help=(
+            "form the group on engines already running, on this host or others: FILE is the "
+            "ipyparallel cluster file or client connection file of their controller. Ranks of a "
+            "host are contiguous (rank 0 on the host of the first engine); --kill leaves the "
+            "engines running; --restart forms the group again on the engines still registered"
+        ),
+    )
     @argument(
         "-a",
         "--app",
@@ -164,7 +181,7 @@ class DipMagics(Magics):
             action = "kill" if args.kill else "restart"
             given = [
                 f"--{name}"
-                for name in ("gpus", "n", "app", "verbose", "timeout", "backend")
+                for name in ("gpus", "n", "attach", "app", "verbose", "timeout", "backend")
                 if getattr(args, name) is not None
             ]
             if given:
@@ -183,6 +200,7 @@ class DipMagics(Magics):
             backend=args.backend,
             timeout=args.timeout,
             verbose=parse_bool(args.verbose) if args.verbose is not None else False,
+            attach=args.attach,
         )
         for notice in notices:
             print(notice)
