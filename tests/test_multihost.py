@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 
 import pytest
@@ -14,18 +16,30 @@ from tests.hosts import client_file, engine_file
 pytestmark = pytest.mark.multihost
 
 CONTRACT = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE")
-CONTRACT += ("MASTER_ADDR", "GLOO_SOCKET_IFNAME")
+CONTRACT += ("MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
+# On rank 0: the addresses that listen on MASTER_PORT (the rendezvous store it serves).
+LISTENING = (
+    "import psutil\n"
+    "port = int(os.environ['MASTER_PORT'])\n"
+    "listening = sorted({c.laddr.ip for c in psutil.net_connections('tcp') if c.status == 'LISTEN' "
+    "and c.laddr.port == port})\n"
+)
 REGISTER_S = 60.0
 
 
 def start_engines(hosts, controller, per_host: int):
-    """`per_host` engines on each simulated host, registered; a client to count them."""
+    """`per_host` engines on each simulated host, registered; a client to count them.
+
+    One at a time, host after host, so that engine ids alternate between hosts (as they come
+    when hosts start together): ranks must still be contiguous per host.
+    """
     import ipyparallel as ipp
 
-    for host in hosts.hosts:
-        host.start_engines(per_host, engine_file(controller), os.environ)
     client = ipp.Client(client_file(controller))
-    client.wait_for_engines(per_host * len(hosts.hosts), timeout=REGISTER_S, interactive=False)
+    for _ in range(per_host):
+        for host in hosts.hosts:
+            host.start_engines(1, engine_file(controller), os.environ)
+            client.wait_for_engines(len(client.ids) + 1, timeout=REGISTER_S, interactive=False)
     return client
 
 
@@ -68,7 +82,7 @@ def test_a_group_forms_across_hosts_with_torchruns_contract_per_host(
         "dist.all_reduce(t)\n"
         "total = t.item()\n"
         "seen = dict({n: os.environ.get(n) for n in names}, host=socket.gethostname())\n"
-        "print('total', total)\n",
+        "print('total', total)\n" + LISTENING,
     )
     assert capsys.readouterr().out == f"total {world * (world + 1) / 2}\n"
     seen = []
@@ -90,11 +104,14 @@ def test_a_group_forms_across_hosts_with_torchruns_contract_per_host(
             "GROUP_RANK": str(host),
             "GROUP_WORLD_SIZE": "2",
             "MASTER_ADDR": address[order[0]],
+            "MASTER_PORT": seen[0]["MASTER_PORT"],
             "GLOO_SOCKET_IFNAME": entry["GLOO_SOCKET_IFNAME"],
             "host": None,
         }
         assert entry["GLOO_SOCKET_IFNAME"].startswith("dvi")
     assert [info.host for info in session.cluster.ranks] == hosts
+    shell.run_line_magic("dip", "--pull listening")
+    assert shell.user_ns["listening"] == [address[order[0]]]  # rank 0's address only
     print(f"group of {world} formed across 2 hosts in {formed:.2f} s")
 
 
@@ -103,7 +120,7 @@ def test_a_rank_killed_on_another_host_fails_the_cell_and_restart_reforms_on_the
 ):
     shell, session = attached_notebook
     client = start_engines(simulated_hosts, controller, 2)
-    shell.run_line_magic("makedip", f"--attach {client_file(controller)} -a torch")
+    shell.run_line_magic("makedip", f"--attach {client_file(controller)} -a torch -t 30")
     victim = session.cluster.ranks[3]
     host = next(h for h in simulated_hosts.hosts if h.name == victim.host)
     killed = time.perf_counter()
@@ -143,3 +160,20 @@ def test_kill_detaches_and_leaves_the_engines_running(simulated_hosts, controlle
     assert client[engines].apply_sync(lambda: "still here") == ["still here"] * len(engines)
     for host in simulated_hosts.hosts:
         assert host.processes() != []
+
+
+def test_an_interrupt_stops_a_long_cell_on_the_ranks_of_every_host(
+    simulated_hosts, controller, attached_notebook, capsys
+):
+    shell, session = attached_notebook
+    start_engines(simulated_hosts, controller, 1)
+    shell.run_line_magic("makedip", f"--attach {client_file(controller)} -a none")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    began = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        shell.run_cell_magic("dip", "", "import time\ntime.sleep(60)")
+    assert time.perf_counter() - began < 10
+    assert session.state is State.PATCHED
+    capsys.readouterr()
+    shell.run_cell_magic("dip", "", "print('still here')")
+    assert capsys.readouterr().out == "still here\n"
