@@ -285,7 +285,8 @@ class IpyparallelRanks:
 
         for rank in ranks:
             # The rank has finished its cell, so this runs at once; no need to wait for it.
-            self._client[self._engine_ids[rank]].apply_async(rank_side.abort_group, self._peer_pids(rank))
+            engine = self._client[self._engine_ids[rank]]
+            engine.apply_async(rank_side.abort_group, *self._abort_arguments(rank))
 
     def reform(self) -> None:
         from . import rank as rank_side
@@ -294,16 +295,16 @@ class IpyparallelRanks:
             raise LaunchFailed("no group to re-form")
         # Every rank leaves the old group for good first, so nothing built on it can hang.
         pending = [
-            self._client[engine_id].apply_async(rank_side.abort_group, self._peer_pids(rank))
+            self._client[engine_id].apply_async(rank_side.abort_group, *self._abort_arguments(rank))
             for rank, engine_id in enumerate(self._engine_ids)
         ]
         for result in pending:
             result.get()
         self.ranks = self._form_group(self._spec)
 
-    def _peer_pids(self, rank: int) -> list[int]:
-        """The pids of the ranks whose sockets `rank` can find by pid (all: one host)."""
-        return [info.pid for info in self.ranks]
+    def _abort_arguments(self, rank: int) -> tuple:
+        """What `rank_side.abort_group` needs on `rank` to find its connections to the peers."""
+        return ([info.pid for info in self.ranks],)
 
     def group_healthy(self) -> bool:
         from . import rank as rank_side

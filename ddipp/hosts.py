@@ -152,10 +152,11 @@ class AttachedRanks(IpyparallelRanks):
             )
         return infos
 
-    def _peer_pids(self, rank: int) -> list[int]:
-        # Pids name processes of one host only (they collide across PID namespaces).
+    def _abort_arguments(self, rank: int) -> tuple:
+        # Pids name processes of one host only (they collide across hosts); the connections
+        # opened while the group formed reach the others.
         host = self.ranks[rank].host
-        return [info.pid for info in self.ranks if info.host == host]
+        return [info.pid for info in self.ranks if info.host == host], True
 
     def _interrupt_ranks(self) -> None:
         alive = set(self._client.ids)

@@ -26,6 +26,9 @@ _GROUP_LOCALS = ("self", "group", "pg", "process_group")
 # held: an old group nothing uses any more must close its sockets.
 _retired_groups: weakref.WeakSet = weakref.WeakSet()
 _staged_pushes: dict[str, dict[str, Any]] = {}
+# This rank's TCP connections that forming a group across hosts opened (the store, gloo's pairs):
+# what `abort_group` shuts there, where the peers' pids mean nothing.
+_group_connections: set[tuple[str, int, str, int]] = set()
 # Rank 0's listening socket for the TCP store of the next formation (`open_rendezvous`).
 _rendezvous_socket: socket.socket | None = None
 
@@ -115,11 +118,17 @@ def form_group(
                 os.environ[variable] = interface
     kwargs: dict = {"device_id": torch.device(device)} if device != "cpu" else {}
     timeout = timedelta(seconds=timeout_s)
-    if store_path is None:
+    across_hosts = store_path is None
+    before = _tcp_connections() if across_hosts else set()
+    if across_hosts:
         store = _tcp_store(rank, world_size, master_addr, master_port, timeout)
     else:
         store = dist.FileStore(store_path, world_size)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout, **kwargs)
+    if across_hosts:
+        global _group_connections
+        # gloo connects every pair while the group forms: the new connections are the group's.
+        _group_connections = _tcp_connections() - before
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "flush_interval"):
             stream.flush_interval = OUTPUT_FLUSH_INTERVAL_S
@@ -157,7 +166,7 @@ def leave_group() -> None:
         dist.destroy_process_group()
 
 
-def abort_group(peer_pids: list[int]) -> None:
+def abort_group(peer_pids: list[int], across_hosts: bool = False) -> None:
     """Take this rank out of its process group so that no peer can wait for it any more.
 
     `destroy_process_group` alone does not do that while a DDP model (or a group from
@@ -165,7 +174,8 @@ def abort_group(peer_pids: list[int]) -> None:
     collective waits for the whole timeout. So the connections themselves are shut: NCCL
     communicators are aborted, gloo's sockets to the peers are shut down (peers then fail at
     once with "Connection closed by peer"). Objects built on the old group fail at once when
-    used again; `last_error_used_a_retired_group` recognises that.
+    used again; `last_error_used_a_retired_group` recognises that. Across hosts, where pids name
+    only the peers of this host, the connections opened while the group formed are shut too.
     """
     import torch.distributed as dist
 
@@ -178,7 +188,29 @@ def abort_group(peer_pids: list[int]) -> None:
     if any("nccl" in dist.get_backend(group) for group in groups):
         distributed_c10d._abort_process_group()
     _shut_sockets_to(set(peer_pids) - {os.getpid()})
+    if across_hosts:
+        _shut_connections(_group_connections)
     dist.destroy_process_group()
+
+
+def _tcp_connections() -> set[tuple[str, int, str, int]]:
+    """This process's TCP connections as (local address, port, remote address, port)."""
+    import psutil
+
+    return {
+        (c.laddr.ip, c.laddr.port, c.raddr.ip, c.raddr.port)
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr
+    }
+
+
+def _shut_connections(connections: set[tuple[str, int, str, int]]) -> None:
+    """Shut down those of this process's TCP connections that are in `connections`."""
+    import psutil
+
+    for connection in psutil.Process().net_connections(kind="tcp"):
+        if connection.raddr and (*connection.laddr, *connection.raddr) in connections:
+            _shut_down(connection.fd)
 
 
 def _shut_sockets_to(peer_pids: set[int]) -> None:
@@ -192,16 +224,21 @@ def _shut_sockets_to(peer_pids: set[int]) -> None:
     }
     for connection in psutil.Process().net_connections(kind="tcp"):
         if connection.raddr and (connection.raddr.ip, connection.raddr.port) in peer_addresses:
-            try:
-                duplicate = socket.socket(fileno=os.dup(connection.fd))
-            except OSError:
-                continue  # closed in the meantime
-            try:
-                duplicate.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # not connected any more
-            finally:
-                duplicate.close()
+            _shut_down(connection.fd)
+
+
+def _shut_down(fd: int) -> None:
+    """Shut down the TCP connection of descriptor `fd` (a copy of it: the owner closes its own)."""
+    try:
+        duplicate = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return  # closed in the meantime
+    try:
+        duplicate.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected any more
+    finally:
+        duplicate.close()
 
 
 def probe_group(within_s: float) -> bool:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ddipp.errors import InvalidSequence
+from ddipp.errors import InvalidSequence, RankError
 from ddipp.fsm import State
 from tests.hosts import client_file, engine_file
 
@@ -177,3 +177,28 @@ def test_an_interrupt_stops_a_long_cell_on_the_ranks_of_every_host(
     capsys.readouterr()
     shell.run_cell_magic("dip", "", "print('still here')")
     assert capsys.readouterr().out == "still here\n"
+
+
+def test_a_rank_that_raises_on_one_host_releases_a_peer_waiting_in_a_collective_on_another(
+    simulated_hosts, controller, attached_notebook, capsys
+):
+    shell, session = attached_notebook
+    start_engines(simulated_hosts, controller, 1)
+    shell.run_line_magic("makedip", f"--attach {client_file(controller)} -a torch -t 60")
+    assert len({info.host for info in session.cluster.ranks}) == 2
+    # A DDP model holds the backend: leaving the group alone would not close gloo's connections.
+    shell.run_cell_magic(
+        "dip", "", "model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))\n"
+    )
+    began = time.monotonic()
+    with pytest.raises(RankError, match="rank 1: ValueError: rank one fails"):
+        shell.run_cell_magic(
+            "dip",
+            "",
+            "if dist.get_rank() == 1:\n    raise ValueError('rank one fails')\n"
+            "dist.all_reduce(torch.ones(1))\n",
+        )
+    assert time.monotonic() - began < 15  # the collective timeout is 60 s
+    assert "formed again" in capsys.readouterr().out
+    shell.run_cell_magic("dip", "", "t = torch.ones(1)\ndist.all_reduce(t)\nprint(t.item())")
+    assert capsys.readouterr().out == "2.0\n"
