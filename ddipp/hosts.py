@@ -86,6 +86,12 @@ def controller_address(client) -> str:
 class AttachedRanks(IpyparallelRanks):
     """A group on engines that ddipp did not start, on any number of hosts."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Per rank, what its engine said of itself (`rank.describe_host`); ranks per host.
+        self._seen: list[dict] = []
+        self._ranks_per_host: list[int] = []
+
     def _launch(self, spec: GroupSpec) -> None:
         from . import rank as rank_side
 

@@ -169,7 +169,11 @@ class DipMagics(Magics):
     )
     @argument("--backend", default=None, help="torch.distributed backend (nccl on GPUs, gloo on CPU)")
     @argument("--restart", action="store_true", help="stop the group and start it again as it was")
-    @argument("--kill", action="store_true", help="stop the group; nothing is left running")
+    @argument(
+        "--kill",
+        action="store_true",
+        help="stop the group; nothing it started is left running (attached engines keep running)",
+    )
     @line_magic
     def makedip(self, line: str) -> None:
         """Start, restart or stop the DDP group."""

@@ -146,7 +146,8 @@ def test_kill_detaches_and_leaves_the_engines_running(simulated_hosts, controlle
     shell, session = attached_notebook
     client = start_engines(simulated_hosts, controller, 1)
     engines = sorted(client.ids)
-    shell.run_line_magic("makedip", f"--attach {client_file(controller)} -a torch")
+    # The cluster file, this time, rather than the client connection file.
+    shell.run_line_magic("makedip", f"--attach {controller.cluster_file} -a torch")
     capsys.readouterr()
     shell.run_line_magic("dipstatus", "")
     status = capsys.readouterr().out
