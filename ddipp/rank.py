@@ -98,6 +98,7 @@ def form_group(
     listens for the rendezvous, so no other process can join or disturb it. Across hosts
     (`store_path` None) rank 0 serves a TCP store on `master_addr`, the address its peers reach.
     """
+    global _group_connections
     # Before torch starts CUDA: a GPU rank must see only its own GPU.
     os.environ.update(environment)
     import torch
@@ -126,7 +127,6 @@ def form_group(
         store = dist.FileStore(store_path, world_size)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout, **kwargs)
     if across_hosts:
-        global _group_connections
         # gloo connects every pair while the group forms: the new connections are the group's.
         _group_connections = _tcp_connections() - before
     for stream in (sys.stdout, sys.stderr):
