@@ -37,6 +37,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="keep the browser tests' screenshots in DIR (make docs-images: docs/images)",
     )
+    group.addoption(
+        "--run-multihost",
+        action="store_true",
+        default=False,
+        help="also run the tests that attach to engines on simulated hosts (namespaces; needs root)",
+    )
 
 
 # Per marker: the option that opts in to its tier, and what a skipped test says.
@@ -45,6 +51,7 @@ TIERS = {
     "slow": ("--run-slow", "needs --run-slow"),
     "browser": ("--run-browser", "needs --run-browser"),
     "gpu": ("--run-gpu", "needs --run-gpu and CUDA GPUs: `make gpu-check` runs this tier (docs/gpu.md)"),
+    "multihost": ("--run-multihost", "needs --run-multihost, as root (simulated hosts are namespaces)"),
 }
 NO_GPU = (
     "needs a CUDA GPU, and torch.cuda.device_count() is 0 here: "

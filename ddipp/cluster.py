@@ -69,11 +69,12 @@ class RankInfo:
 
 @dataclass(frozen=True, slots=True)
 class RankDeath:
-    """A rank process that is gone, and how it ended."""
+    """A rank process that is gone, how it ended, and its host when the group spans hosts."""
 
     rank: int
     pid: int
     how: str
+    host: str = ""
 
 
 class CellRun(Protocol):
@@ -163,9 +164,9 @@ def describe_exit(returncode: int | None) -> str:
 class IpyparallelCellRun:
     """A cell on every rank through ipyparallel; done once each rank's output has ended."""
 
-    def __init__(self, async_result, pids: list[int], is_dead: Callable[[int], bool]) -> None:
+    def __init__(self, async_result, interrupt: Callable[[], None], is_dead: Callable[[int], bool]) -> None:
         self._result = async_result
-        self._pids = pids
+        self._interrupt = interrupt
         self._is_dead = is_dead
         self._cut: list[int] = []
 
@@ -202,11 +203,7 @@ class IpyparallelCellRun:
         return {rank for rank, child in enumerate(self._result._children) if child.done()}
 
     def interrupt(self) -> None:
-        for pid in self._pids:
-            try:
-                os.kill(pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+        self._interrupt()
 
 
 class IpyparallelRanks:
@@ -250,7 +247,7 @@ class IpyparallelRanks:
             controller_args=CONTROLLER_ARGS,
             delay=0,
             engine_timeout=math.ceil(spec.timeout),
-            log=_own_logger(),
+            log=own_logger(),
             # the session stops the group at exit itself, and waits for every process
             shutdown_atexit=False,
         )
@@ -286,10 +283,10 @@ class IpyparallelRanks:
     def release(self, ranks: list[int]) -> None:
         from . import rank as rank_side
 
-        pids = [info.pid for info in self.ranks]
         for rank in ranks:
             # The rank has finished its cell, so this runs at once; no need to wait for it.
-            self._client[self._engine_ids[rank]].apply_async(rank_side.abort_group, pids)
+            engine = self._client[self._engine_ids[rank]]
+            engine.apply_async(rank_side.abort_group, *self._abort_arguments(rank))
 
     def reform(self) -> None:
         from . import rank as rank_side
@@ -297,8 +294,17 @@ class IpyparallelRanks:
         if self._spec is None:
             raise LaunchFailed("no group to re-form")
         # Every rank leaves the old group for good first, so nothing built on it can hang.
-        self._view.apply_sync(rank_side.abort_group, [info.pid for info in self.ranks])
+        pending = [
+            self._client[engine_id].apply_async(rank_side.abort_group, *self._abort_arguments(rank))
+            for rank, engine_id in enumerate(self._engine_ids)
+        ]
+        for result in pending:
+            result.get()
         self.ranks = self._form_group(self._spec)
+
+    def _abort_arguments(self, rank: int) -> tuple:
+        """What `rank_side.abort_group` needs on `rank` to find its connections to the peers."""
+        return ([info.pid for info in self.ranks],)
 
     def group_healthy(self) -> bool:
         from . import rank as rank_side
@@ -409,7 +415,15 @@ class IpyparallelRanks:
             future.add_done_callback(wake_when_all_done)
             future.output.add_done_callback(wake_when_all_done)
         self._open = [(future.msg_id, rank) for rank, future in enumerate(futures)]
-        return IpyparallelCellRun(result, [info.pid for info in self.ranks], self._rank_is_dead)
+        return IpyparallelCellRun(result, self._interrupt_ranks, self._rank_is_dead)
+
+    def _interrupt_ranks(self) -> None:
+        """SIGINT to every rank (their pids are on this machine)."""
+        for info in self.ranks:
+            try:
+                os.kill(info.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
 
     def late_output(self) -> list[RankMessage]:
         # ipyparallel forgets a request once its reply and `idle` are in, and keeps what
@@ -553,7 +567,7 @@ class IpyparallelRanks:
             self._client.close()
         if self._cluster is not None:
             # Ranks ended on purpose exit non-zero; ipyparallel would then dump their logs.
-            # The logger is ddipp's own (see `_own_logger`), so this silences nothing else.
+            # The logger is ddipp's own (see `own_logger`), so this silences nothing else.
             self._cluster.log.setLevel(logging.ERROR)
         # The ranks have left the group: end them (and the nannies that would otherwise
         # linger for seconds) by pid, then let ipyparallel stop its controller.
@@ -573,7 +587,7 @@ class IpyparallelRanks:
         self.ranks = []
 
 
-def _own_logger() -> logging.Logger:
+def own_logger() -> logging.Logger:
     """ddipp's logger for ipyparallel's messages, at WARNING, printing to stderr."""
     logger = logging.getLogger(LOGGER)
     logger.setLevel(logging.WARNING)

@@ -132,7 +132,24 @@ class DipMagics(Magics):
         default=None,
         help="'all' or GPU ids (0,1,3 or \"0 1 3\"): one rank per GPU, in this order",
     )
-    @argument("-n", "--n", dest="n", default=None, help="number of CPU ranks (gloo)")
+    @argument(
+        "-n",
+        "--n",
+        dest="n",
+        default=None,
+        help="number of CPU ranks (gloo); with --attach, how many of the registered engines (default all)",
+    )
+    @argument(
+        "--attach",
+        default=None,
+        metavar="FILE",
+        help=(
+            "form the group on engines already running, on this host or others: FILE is the "
+            "ipyparallel cluster file or client connection file of their controller. Ranks of a "
+            "host are contiguous (rank 0 on the host of the first engine); --kill leaves the "
+            "engines running; --restart forms the group again on the engines still registered"
+        ),
+    )
     @argument(
         "-a",
         "--app",
@@ -154,7 +171,11 @@ class DipMagics(Magics):
     )
     @argument("--backend", default=None, help="torch.distributed backend (nccl on GPUs, gloo on CPU)")
     @argument("--restart", action="store_true", help="stop the group and start it again as it was")
-    @argument("--kill", action="store_true", help="stop the group; nothing is left running")
+    @argument(
+        "--kill",
+        action="store_true",
+        help="stop the group; nothing it started is left running (attached engines keep running)",
+    )
     @line_magic
     def makedip(self, line: str) -> None:
         """Start, restart or stop the DDP group."""
@@ -166,7 +187,7 @@ class DipMagics(Magics):
             action = "kill" if args.kill else "restart"
             given = [
                 f"--{name}"
-                for name in ("gpus", "n", "app", "verbose", "timeout", "backend")
+                for name in ("gpus", "n", "attach", "app", "verbose", "timeout", "backend")
                 if getattr(args, name) is not None
             ]
             if given:
@@ -185,6 +206,7 @@ class DipMagics(Magics):
             backend=args.backend,
             timeout=args.timeout,
             verbose=parse_bool(args.verbose) if args.verbose is not None else False,
+            attach=args.attach,
         )
         for notice in notices:
             print(notice)

@@ -98,3 +98,23 @@ def place_host(
         )
         placements.append(Placement(rank, GPU_DEVICE, f"GPU {gpu}", environment))
     return placements
+
+
+def place_hosts(
+    ranks_per_host: Sequence[int], *, master_addr: str, master_port: int, inherited: Mapping[str, str]
+) -> list[Placement]:
+    """CPU ranks on several hosts, host by host: `ranks_per_host[h]` contiguous ranks on host h."""
+    world = sum(ranks_per_host)
+    placements: list[Placement] = []
+    for host, count in enumerate(ranks_per_host):
+        placements += place_host(
+            (None,) * count,
+            master_addr=master_addr,
+            master_port=master_port,
+            inherited=inherited,
+            host=host,
+            hosts=len(ranks_per_host),
+            first_rank=len(placements),
+            world_size=world,
+        )
+    return placements

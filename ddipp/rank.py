@@ -26,6 +26,11 @@ _GROUP_LOCALS = ("self", "group", "pg", "process_group")
 # held: an old group nothing uses any more must close its sockets.
 _retired_groups: weakref.WeakSet = weakref.WeakSet()
 _staged_pushes: dict[str, dict[str, Any]] = {}
+# This rank's TCP connections that forming a group across hosts opened (the store, gloo's pairs):
+# what `abort_group` shuts there, where the peers' pids mean nothing.
+_group_connections: set[tuple[str, int, str, int]] = set()
+# Rank 0's listening socket for the TCP store of the next formation (`open_rendezvous`).
+_rendezvous_socket: socket.socket | None = None
 
 
 def loopback_interface() -> str | None:
@@ -38,12 +43,49 @@ def loopback_interface() -> str | None:
     return None
 
 
+def route_to(address: str) -> tuple[str, str | None]:
+    """This host's source address toward `address`, and the interface that holds it.
+
+    A UDP socket "connected" to `address` sends nothing but makes the kernel pick the route.
+    """
+    import psutil
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((address, 9))
+        source = probe.getsockname()[0]
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(entry.address == source for entry in addresses):
+            return source, name
+    return source, None
+
+
+def describe_host(controller_address: str) -> dict:
+    """Where this rank runs: host name, pid, and address and interface toward the controller."""
+    address, interface = route_to(controller_address)
+    return {"host": socket.gethostname(), "pid": os.getpid(), "address": address, "interface": interface}
+
+
+def open_rendezvous(address: str) -> int:
+    """Listen on a free port of `address` for the TCP store that this rank (rank 0) will serve.
+
+    The socket is held until `form_group` hands it to the store: no other process can take the
+    port in between, and the store listens on that address only, not on every interface.
+    """
+    global _rendezvous_socket
+    if _rendezvous_socket is not None:
+        _rendezvous_socket.close()
+    _rendezvous_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    _rendezvous_socket.bind((address, 0))
+    _rendezvous_socket.listen()
+    return _rendezvous_socket.getsockname()[1]
+
+
 def form_group(
     rank: int,
     world_size: int,
     master_addr: str,
     master_port: int,
-    store_path: str,
+    store_path: str | None,
     backend: str,
     device: str,
     environment: dict[str, str],
@@ -52,9 +94,11 @@ def form_group(
     """Join the torch.distributed group as `rank` on `device`, in `environment` (torchrun's
     contract, from `ddipp.placement`); return what `%dipstatus` shows of it.
 
-    The ranks meet in a file store in a folder private to the user (one host): nothing
-    listens for the rendezvous, so no other process can join or disturb it.
+    On one host the ranks meet in a file store in a folder private to the user: nothing
+    listens for the rendezvous, so no other process can join or disturb it. Across hosts
+    (`store_path` None) rank 0 serves a TCP store on `master_addr`, the address its peers reach.
     """
+    global _group_connections
     # Before torch starts CUDA: a GPU rank must see only its own GPU.
     os.environ.update(environment)
     import torch
@@ -75,13 +119,43 @@ def form_group(
                 os.environ[variable] = interface
     kwargs: dict = {"device_id": torch.device(device)} if device != "cpu" else {}
     timeout = timedelta(seconds=timeout_s)
-    store = dist.FileStore(store_path, world_size)
+    across_hosts = store_path is None
+    before = _tcp_connections() if across_hosts else set()
+    if across_hosts:
+        store = _tcp_store(rank, world_size, master_addr, master_port, timeout)
+    else:
+        store = dist.FileStore(store_path, world_size)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout, **kwargs)
+    if across_hosts:
+        # gloo connects every pair while the group forms: the new connections are the group's.
+        _group_connections = _tcp_connections() - before
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "flush_interval"):
             stream.flush_interval = OUTPUT_FLUSH_INTERVAL_S
     _number_cells_as_the_notebook()
     return {"rank": rank, "pid": os.getpid(), "device": device, "host": socket.gethostname()}
+
+
+def _tcp_store(rank: int, world_size: int, address: str, port: int, timeout: timedelta):
+    """The TCP store of a group across hosts: served by rank 0 on its socket from `open_rendezvous`."""
+    global _rendezvous_socket
+    import torch.distributed as dist
+
+    if rank != 0:
+        return dist.TCPStore(address, port, world_size, is_master=False, timeout=timeout)
+    listening, _rendezvous_socket = _rendezvous_socket, None
+    try:
+        return dist.TCPStore(
+            address,
+            port,
+            world_size,
+            is_master=True,
+            timeout=timeout,
+            wait_for_workers=False,
+            master_listen_fd=listening.fileno(),
+        )
+    finally:
+        listening.detach()  # the store owns the descriptor now
 
 
 def leave_group() -> None:
@@ -92,7 +166,7 @@ def leave_group() -> None:
         dist.destroy_process_group()
 
 
-def abort_group(peer_pids: list[int]) -> None:
+def abort_group(peer_pids: list[int], across_hosts: bool = False) -> None:
     """Take this rank out of its process group so that no peer can wait for it any more.
 
     `destroy_process_group` alone does not do that while a DDP model (or a group from
@@ -100,7 +174,8 @@ def abort_group(peer_pids: list[int]) -> None:
     collective waits for the whole timeout. So the connections themselves are shut: NCCL
     communicators are aborted, gloo's sockets to the peers are shut down (peers then fail at
     once with "Connection closed by peer"). Objects built on the old group fail at once when
-    used again; `last_error_used_a_retired_group` recognises that.
+    used again; `last_error_used_a_retired_group` recognises that. Across hosts, where pids name
+    only the peers of this host, the connections opened while the group formed are shut too.
     """
     import torch.distributed as dist
 
@@ -113,7 +188,29 @@ def abort_group(peer_pids: list[int]) -> None:
     if any("nccl" in dist.get_backend(group) for group in groups):
         distributed_c10d._abort_process_group()
     _shut_sockets_to(set(peer_pids) - {os.getpid()})
+    if across_hosts:
+        _shut_connections(_group_connections)
     dist.destroy_process_group()
+
+
+def _tcp_connections() -> set[tuple[str, int, str, int]]:
+    """This process's TCP connections as (local address, port, remote address, port)."""
+    import psutil
+
+    return {
+        (c.laddr.ip, c.laddr.port, c.raddr.ip, c.raddr.port)
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr
+    }
+
+
+def _shut_connections(connections: set[tuple[str, int, str, int]]) -> None:
+    """Shut down those of this process's TCP connections that are in `connections`."""
+    import psutil
+
+    for connection in psutil.Process().net_connections(kind="tcp"):
+        if connection.raddr and (*connection.laddr, *connection.raddr) in connections:
+            _shut_down(connection.fd)
 
 
 def _shut_sockets_to(peer_pids: set[int]) -> None:
@@ -127,16 +224,21 @@ def _shut_sockets_to(peer_pids: set[int]) -> None:
     }
     for connection in psutil.Process().net_connections(kind="tcp"):
         if connection.raddr and (connection.raddr.ip, connection.raddr.port) in peer_addresses:
-            try:
-                duplicate = socket.socket(fileno=os.dup(connection.fd))
-            except OSError:
-                continue  # closed in the meantime
-            try:
-                duplicate.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # not connected any more
-            finally:
-                duplicate.close()
+            _shut_down(connection.fd)
+
+
+def _shut_down(fd: int) -> None:
+    """Shut down the TCP connection of descriptor `fd` (a copy of it: the owner closes its own)."""
+    try:
+        duplicate = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return  # closed in the meantime
+    try:
+        duplicate.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected any more
+    finally:
+        duplicate.close()
 
 
 def probe_group(within_s: float) -> bool:

@@ -32,7 +32,7 @@ class StatusReport:
             lines.append(("reason", status.reason))
         table = ""
         if status.spec is not None and status.ranks:
-            lines.append(("group", status.spec.describe()))
+            lines.extend(tuple(line.split(": ", 1)) for line in status.group_lines())
             header, rows = status.rank_table()
             head = "".join(f"<th>{escape(name)}</th>" for name in header)
             body = "".join(

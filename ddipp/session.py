@@ -6,7 +6,7 @@ import functools
 import queue
 import time
 from collections.abc import Callable, Iterable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from .apps import get_app
@@ -20,6 +20,7 @@ from .fsm import (
     State,
     Trigger,
 )
+from .hosts import AttachedRanks
 from .router import OutputRouter, RankMessage, RankResult, Sink
 from .spec import GroupSpec
 
@@ -34,6 +35,11 @@ STOP_ATTEMPTS = 3
 UNDEFINED_NAMES = "%dip --push: {names} not defined in the notebook; nothing was pushed"
 BAD_RANK = "{magic}: rank {rank} does not exist; this group has ranks 0..{last}"
 RANK_DIED = "rank {rank} (pid {pid}) died: {how}"
+ATTACHED_RANK_DIED = "rank {rank} (pid {pid} on {host}) died: {how}"
+ATTACHED = (
+    "  engines: attached from {path}, not started by ddipp (%makedip --kill leaves them running; "
+    "--restart forms the group again on the engines still registered)"
+)
 GROUP_BROKEN_ADVICE = "Use %makedip --restart for a fresh group, or %makedip --kill."
 CELL_TIMED_OUT = "%%dip: the cell ran past --timeout {timeout:g} s on the ranks"
 INTERRUPT_IGNORED = "the ranks did not stop within {grace:g} s of the interrupt"
@@ -81,16 +87,28 @@ class Status:
         header = ("rank", "engine", "pid", "host", "device", "alive", "memory")
         rows = []
         for info in self.ranks:
-            memory = self.memory[info.rank] if info.rank < len(self.memory) else {}
-            used = f"{memory['rss_mb']:.0f} MB" if "rss_mb" in memory else "-"
-            if "cuda_allocated_mb" in memory:
-                # What nvidia-smi counts: torch's cache (reserved) and every process on the GPU.
-                used += CUDA_MEMORY.format(**memory)
             alive = "no" if info.rank in self.dead else "yes"
             rows.append(
-                (str(info.rank), str(info.engine_id), str(info.pid), info.host, info.device, alive, used)
+                (
+                    str(info.rank),
+                    str(info.engine_id),
+                    str(info.pid),
+                    info.host,
+                    info.device,
+                    alive,
+                    self._memory_of(info.rank),
+                )
             )
         return header, rows
+
+    def group_lines(self) -> list[str]:
+        """What the report says above the table: the group, and whose engines they are."""
+        if self.spec is None or not self.ranks:
+            return []
+        lines = [f"group: {self.spec.describe()}"]
+        if self.spec.attach is not None:
+            lines.append(ATTACHED.format(path=self.spec.attach).strip())
+        return lines
 
     def render(self) -> str:
         """The report as plain text (what a terminal shows)."""
@@ -98,12 +116,20 @@ class Status:
         if self.reason:
             lines.append(f"  reason: {self.reason}")
         if self.spec is not None and self.ranks:
-            lines.append(f"  group: {self.spec.describe()}")
+            lines.extend(f"  {line}" for line in self.group_lines())
             header, rows = self.rank_table()
             widths = [max(map(len, column)) for column in zip(header, *rows, strict=True)]
             for row in (header, *rows):
                 lines.append("  " + "  ".join(map(str.ljust, row, widths)).rstrip())
         return "\n".join(lines)
+
+    def _memory_of(self, rank: int) -> str:
+        memory = self.memory[rank] if rank < len(self.memory) else {}
+        used = f"{memory['rss_mb']:.0f} MB" if "rss_mb" in memory else "-"
+        if "cuda_allocated_mb" in memory:
+            # What nvidia-smi counts: torch's cache (reserved) and every process on the GPU.
+            used += CUDA_MEMORY.format(**memory)
+        return used
 
 
 def _settles(magic: str) -> Callable:
@@ -134,12 +160,14 @@ class DipSession:
 
     def __init__(
         self,
-        cluster_factory: Callable[[], RankCluster] = IpyparallelRanks,
+        cluster_factory: Callable[[GroupSpec], RankCluster] | None = None,
         say: Callable[[str], None] = print,
     ) -> None:
         self.lifecycle = GroupLifecycle()
         self.spec: GroupSpec | None = None
-        self._cluster_factory = cluster_factory
+        self._cluster_factory = cluster_factory or ranks_for
+        # What %makedip asked for; `spec` is the group it gave (attached: every engine counted).
+        self._asked: GroupSpec | None = None
         self._cluster: RankCluster | None = None
         self._say = say
         self.autodip = Autodip()
@@ -162,16 +190,18 @@ class DipSession:
         """Start a group as `spec` says; on failure nothing is left running and state is idle."""
         self.check_health()
         self.lifecycle.require(Trigger.START, magic)
-        self.spec = spec
+        self.spec = self._asked = spec
         self.lifecycle.fire(Trigger.START)
         began = time.perf_counter()
-        self._cluster = self._cluster_factory()
+        self._cluster = self._cluster_factory(spec)
         try:
-            self._cluster.start(spec)
+            ranks = self._cluster.start(spec)
         except BaseException as error:
             interrupted = self._stop_processes()
             self.lifecycle.fire(Trigger.LAUNCH_FAILED)
             _raise_launch_failure(interrupted or error, "")
+        if not spec.devices:  # attached to every registered engine: now it is known how many
+            self.spec = replace(spec, devices=(None,) * len(ranks))
         self.lifecycle.fire(Trigger.GROUP_FORMED)
         try:
             setup = get_app(spec.app).rank_setup
@@ -183,7 +213,7 @@ class DipSession:
             _raise_launch_failure(interrupted or error, f"app {spec.app!r} failed to set up the ranks: ")
         self.lifecycle.fire(Trigger.PATCHES_APPLIED)
         if spec.verbose:
-            self._say(f"ddipp: {spec.describe()} ready in {time.perf_counter() - began:.1f} s")
+            self._say(f"ddipp: {self.spec.describe()} ready in {time.perf_counter() - began:.1f} s")
 
     @_settles("%makedip --kill")
     def kill(self, magic: str = "%makedip --kill") -> None:
@@ -201,7 +231,7 @@ class DipSession:
         """Stop the group and start a fresh one with the same settings."""
         self.check_health()
         self.lifecycle.require(Trigger.RESTART, magic)
-        spec = self.spec
+        spec = self._asked
         self.lifecycle.fire(Trigger.RESTART)
         interrupted = self._stop_processes()
         self.lifecycle.fire(Trigger.DRAINED)
@@ -488,6 +518,11 @@ class DipSession:
             self._say(f"ddipp: {source.value} -> {dest.value} ({trigger.value})")
 
 
+def ranks_for(spec: GroupSpec) -> RankCluster:
+    """The rank processes for `spec`: engines attached to, or a group started here."""
+    return AttachedRanks() if spec.attach is not None else IpyparallelRanks()
+
+
 def _raise_launch_failure(error: BaseException, prefix: str) -> NoReturn:
     """Re-raise what broke a start: interrupts as they are, errors as `LaunchFailed`."""
     if isinstance(error, LaunchFailed) and not prefix:
@@ -503,7 +538,10 @@ def _show_late_output(cluster: RankCluster, router: OutputRouter) -> None:
 
 
 def _death_reason(dead: list[RankDeath]) -> str:
-    return "; ".join(RANK_DIED.format(rank=d.rank, pid=d.pid, how=d.how) for d in dead)
+    return "; ".join(
+        (ATTACHED_RANK_DIED if d.host else RANK_DIED).format(rank=d.rank, pid=d.pid, how=d.how, host=d.host)
+        for d in dead
+    )
 
 
 def _wait_for_interrupted(

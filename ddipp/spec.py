@@ -31,6 +31,7 @@ UNKNOWN_BACKEND = "--backend {value!r} is not one of {choices}, nor device:backe
     GPU_BACKEND
 )
 NCCL_ON_CPU = "--backend {value} needs GPU ranks; CPU ranks use gloo"
+GPUS_WHEN_ATTACHED = "--attach takes CPU ranks (gloo) on the engines it finds, not -g; -n N picks how many"
 BAD_TIMEOUT = "--timeout must be a positive number of seconds, not {value!r}"
 GPU_NOTICE = (
     "ddipp: on GPU ranks, %dip --pull brings tensors to the CPU, and a collective that a failed "
@@ -45,14 +46,17 @@ class SpecError(DdippError):
 
 @dataclass(frozen=True, slots=True)
 class GroupSpec:
-    """A group to start: per rank its GPU id (None: CPU), the backend, the app, and how long a
-    rank waits for the others (at start-up and in collectives)."""
+    """A group to start: per rank its GPU id (None: CPU), the backend, the app, how long a rank
+    waits for the others (at start-up and in collectives), and the connection file of running
+    engines to attach to (None: ddipp starts its own). Attached without -n, `devices` is empty
+    until the group has formed on every registered engine."""
 
     devices: tuple[int | None, ...]
     backend: str
     app: str
     timeout: float = DEFAULT_TIMEOUT_S
     verbose: bool = False
+    attach: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -60,11 +64,14 @@ class GroupSpec:
 
     @property
     def on_gpus(self) -> bool:
-        return self.devices[0] is not None
+        return bool(self.devices) and self.devices[0] is not None
 
     def describe(self) -> str:
         """A one-line summary, e.g. `2 CPU ranks, gloo, app torch`."""
-        if self.on_gpus:
+        if self.attach is not None:
+            count = self.world_size or "every registered"
+            where = f"{count} CPU rank(s) on engines attached from {self.attach}"
+        elif self.on_gpus:
             where = f"{self.world_size} GPU rank(s) on GPU {','.join(map(str, self.devices))}"
         else:
             where = f"{self.world_size} CPU rank(s)"
@@ -86,20 +93,25 @@ def plan_group(
     timeout: float | str | None = None,
     verbose: bool = False,
     visible_gpus: Callable[[], int] = cuda_device_count,
+    attach: str | None = None,
 ) -> tuple[GroupSpec, list[str]]:
     """Resolve `%makedip` flags into a spec plus notices for the user; raise `SpecError`."""
     notices: list[str] = []
     if gpus is not None and n is not None:
         raise SpecError(GPUS_AND_CPUS)
-    if n is not None:
-        devices: tuple[int | None, ...] = (None,) * _rank_count(n)
+    if attach is not None:
+        if gpus is not None:
+            raise SpecError(GPUS_WHEN_ATTACHED)
+        devices: tuple[int | None, ...] = (None,) * _rank_count(n) if n is not None else ()
+    elif n is not None:
+        devices = (None,) * _rank_count(n)
     else:
         devices = _gpu_devices(gpus or "all", visible_gpus, notices)
-    backend = resolve_backend(backend, on_gpus=devices[0] is not None)
+    backend = resolve_backend(backend, on_gpus=bool(devices) and devices[0] is not None)
     app_name = app if app is not None else default_app()
     get_app(app_name)
     seconds = _seconds(timeout) if timeout is not None else DEFAULT_TIMEOUT_S
-    spec = GroupSpec(devices, backend, app_name, seconds, bool(verbose))
+    spec = GroupSpec(devices, backend, app_name, seconds, bool(verbose), attach)
     if spec.on_gpus:
         notices.append(GPU_NOTICE.format(timeout=seconds))
     return spec, notices

@@ -53,3 +53,32 @@ def kernel(tmp_path):
         session.close()
     finally:
         assert wait_until_gone(tag, 10) == []
+
+
+@pytest.fixture
+def simulated_hosts():
+    """Two simulated hosts (tests/hosts.py); every namespace, link and process is gone after."""
+    from tests.hosts import SimulatedHosts, missing_requirement
+
+    reason = missing_requirement()
+    if reason is not None:
+        pytest.skip(reason)
+    hosts = SimulatedHosts(2)
+    try:
+        yield hosts
+    finally:
+        hosts.close()
+    assert hosts.leftovers() == []
+    assert descendants_alive() == []
+
+
+@pytest.fixture
+def controller(simulated_hosts):
+    """An ipyparallel controller listening on the hosts' bridge; engines are started by hand."""
+    from tests.hosts import start_controller, stop_controller
+
+    cluster = start_controller(simulated_hosts.bridge_address)
+    try:
+        yield cluster
+    finally:
+        assert stop_controller(cluster) == []

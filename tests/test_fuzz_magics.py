@@ -69,9 +69,9 @@ class MagicSequences(RuleBasedStateMachine):
         self.table = FakeProcessTable()
         self.faults_met = 0
         factory = (
-            (lambda: __import__("ddipp.cluster").cluster.IpyparallelRanks())
+            (lambda spec: __import__("ddipp.cluster").cluster.IpyparallelRanks())
             if self.real
-            else (lambda: FakeRanks(self.table))
+            else (lambda spec: FakeRanks(self.table))
         )
         self.session = DipSession(cluster_factory=factory, say=lambda text: None)
         self.shell = make_shell()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from torch.distributed.distributed_c10d import BackendConfig
 
-from ddipp.placement import place_host
+from ddipp.hosts import ranks_by_host, take_ranks
+from ddipp.placement import place_host, place_hosts
 from ddipp.spec import SpecError, plan_group
 
 MASTER = {"master_addr": "127.0.0.1", "master_port": 29613}
@@ -164,3 +165,34 @@ def test_fastai_patches_see_a_gpu_group_in_a_device_mapped_backend(monkeypatch):
     assert rankside.on_gpu()
     monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
     assert not rankside.on_gpu()
+
+
+def test_ranks_across_hosts_are_contiguous_per_host_with_torchruns_local_and_group_ranks():
+    placed = place_hosts([2, 1], master_addr="10.0.0.1", master_port=29613, inherited={})
+    seen = [
+        {name: p.environment[name] for name in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")}
+        for p in placed
+    ]
+    assert seen == [
+        {"RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0"},
+        {"RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0"},
+        {"RANK": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "1"},
+    ]
+    assert {p.environment["WORLD_SIZE"] for p in placed} == {"3"}
+    assert {p.environment["GROUP_WORLD_SIZE"] for p in placed} == {"2"}
+    assert [p.environment.get("OMP_NUM_THREADS") for p in placed] == ["1", "1", None]
+
+
+def test_engines_are_taken_host_by_host_in_the_order_their_hosts_first_appear():
+    groups = ranks_by_host(["b", "a", "b", "a", "c"])
+    assert groups == [[0, 2], [1, 3], [4]]
+    assert take_ranks(groups, 3) == [[0, 2], [1]]
+    assert take_ranks(groups, None) == groups
+
+
+def test_attach_takes_cpu_ranks_only_and_counts_them_once_formed():
+    spec, _ = plan_group(attach="cluster.json", app="torch", visible_gpus=gpus(0))
+    assert spec.devices == () and spec.backend == "gloo"
+    assert "every registered CPU rank(s) on engines attached from cluster.json" in spec.describe()
+    with pytest.raises(SpecError, match="--attach takes CPU ranks"):
+        plan_group(attach="cluster.json", gpus="all", app="torch", visible_gpus=gpus(2))

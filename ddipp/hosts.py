@@ -1,0 +1,205 @@
+"""Ranks on engines that run already, on one host or several (`%makedip --attach FILE`).
+
+ddipp did not start these engines, so it never stops them: it connects a client, orders the
+engines host by host, forms the group across them, and at the end leaves the group and
+disconnects. Liveness comes from the controller's registration (an engine that dies is
+unregistered by its nanny), never from local pids, which mean nothing on another host.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Sequence
+from urllib.parse import urlparse
+
+from .cluster import (
+    RANK_DID_NOT_JOIN,
+    RENDEZVOUS_TIMEOUT,
+    IpyparallelRanks,
+    RankDeath,
+    RankInfo,
+    own_logger,
+)
+from .errors import LaunchFailed
+from .placement import place_hosts
+from .spec import GroupSpec
+
+# Seconds the ranks get to leave the group when ddipp detaches.
+LEAVE_S = 2.0
+# Where the controller listens when it listens on every interface: ask the route to its location.
+ANY_ADDRESS = ("0.0.0.0", "*", "")
+
+NOT_A_CONNECTION_FILE = "--attach {path}: not an ipyparallel cluster file or client connection file ({error})"
+TOO_FEW_ENGINES = "--attach: {found} engine(s) registered, {wanted} asked for with -n"
+NO_ENGINES = "--attach: no engine is registered with the controller of {path}"
+ENGINE_GONE = "its engine is no longer registered with the controller"
+
+
+def ranks_by_host(hosts: Sequence[str]) -> list[list[int]]:
+    """Indices of `hosts` (one host name per engine, in engine order) grouped by host: hosts in the
+    order their first engine comes, engines of a host in their order."""
+    grouped: dict[str, list[int]] = {}
+    for index, host in enumerate(hosts):
+        grouped.setdefault(host, []).append(index)
+    return list(grouped.values())
+
+
+def take_ranks(groups: list[list[int]], wanted: int | None) -> list[list[int]]:
+    """The first `wanted` engines (all if None), host by host; hosts left empty are dropped."""
+    if wanted is None:
+        return groups
+    taken, left = [], wanted
+    for group in groups:
+        if left <= 0:
+            break
+        taken.append(group[:left])
+        left -= len(taken[-1])
+    return taken
+
+
+def connect(path: str):
+    """An ipyparallel client for the cluster file or client connection file at `path`."""
+    import ipyparallel as ipp
+
+    try:
+        with open(path) as file:
+            content = json.load(file)
+        if "cluster" in content:
+            return ipp.Cluster.from_file(path, log=own_logger()).connect_client_sync()
+        return ipp.Client(path)
+    except Exception as error:
+        raise LaunchFailed(NOT_A_CONNECTION_FILE.format(path=path, error=error)) from error
+
+
+def controller_address(client) -> str:
+    """The address the engines reach the controller at (what they route toward)."""
+    # The client's own view of its connection file: `interface` is the controller's address.
+    config = client._config
+    address = urlparse(config["interface"]).hostname or ""
+    if address in ANY_ADDRESS:
+        address = config.get("location") or address
+    return address
+
+
+class AttachedRanks(IpyparallelRanks):
+    """A group on engines that ddipp did not start, on any number of hosts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Per rank, what its engine said of itself (`rank.describe_host`); ranks per host.
+        self._seen: list[dict] = []
+        self._ranks_per_host: list[int] = []
+
+    def _launch(self, spec: GroupSpec) -> None:
+        from . import rank as rank_side
+
+        assert spec.attach is not None
+        client = self._client = connect(spec.attach)
+        wanted = spec.world_size or None
+        try:
+            client.wait_for_engines(wanted or 1, timeout=spec.timeout, interactive=False)
+        except TimeoutError:
+            if wanted is None:
+                raise LaunchFailed(NO_ENGINES.format(path=spec.attach)) from None
+            raise LaunchFailed(TOO_FEW_ENGINES.format(found=len(client.ids), wanted=wanted)) from None
+        engine_ids = sorted(client.ids)
+        address = controller_address(client)
+        seen = client[engine_ids].apply_sync(rank_side.describe_host, address)
+        groups = take_ranks(ranks_by_host([engine["host"] for engine in seen]), wanted)
+        self._engine_ids = [engine_ids[index] for group in groups for index in group]
+        self._seen = [seen[index] for group in groups for index in group]
+        self._ranks_per_host = [len(group) for group in groups]
+        self._view = client[self._engine_ids]
+        self._view.use_cloudpickle()
+
+    def _form_group(self, spec: GroupSpec) -> list[RankInfo]:
+        from . import rank as rank_side
+
+        self._formations += 1
+        master = self._seen[0]["address"]
+        port = self._client[self._engine_ids[0]].apply_sync(rank_side.open_rendezvous, master)
+        # The ranks' own environment, not the notebook's, decides their threads (as torchrun's).
+        placements = place_hosts(self._ranks_per_host, master_addr=master, master_port=port, inherited={})
+        world_size = len(self._engine_ids)
+        pending = []
+        for rank, engine_id in enumerate(self._engine_ids):
+            environment = dict(placements[rank].environment)
+            interface = self._seen[rank]["interface"]
+            if interface is not None:
+                # gloo would otherwise listen on what the host name resolves to (Debian: 127.0.1.1).
+                environment["GLOO_SOCKET_IFNAME"] = interface
+            pending.append(
+                self._client[engine_id].apply_async(
+                    rank_side.form_group,
+                    rank,
+                    world_size,
+                    master,
+                    port,
+                    None,
+                    spec.backend,
+                    placements[rank].device,
+                    environment,
+                    spec.timeout,
+                )
+            )
+        deadline = time.monotonic() + spec.timeout
+        infos = []
+        for rank, result in enumerate(pending):
+            try:
+                info = result.get(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise LaunchFailed(RENDEZVOUS_TIMEOUT.format(timeout=spec.timeout)) from None
+            except Exception as error:
+                raise LaunchFailed(RANK_DID_NOT_JOIN.format(rank=rank, error=error)) from error
+            infos.append(
+                RankInfo(rank, self._engine_ids[rank], info["pid"], placements[rank].label, info["host"])
+            )
+        return infos
+
+    def _abort_arguments(self, rank: int) -> tuple:
+        # Pids name processes of one host only (they collide across hosts); the connections
+        # opened while the group formed reach the others.
+        host = self.ranks[rank].host
+        return [info.pid for info in self.ranks if info.host == host], True
+
+    def _interrupt_ranks(self) -> None:
+        alive = set(self._client.ids)
+        targets = [engine_id for engine_id in self._engine_ids if engine_id in alive]
+        if targets:
+            # Through each engine's nanny, wherever it runs.
+            self._client.send_signal(signal.SIGINT, targets=targets, block=False)
+
+    def _rank_is_dead(self, rank: int) -> bool:
+        return self._engine_ids[rank] not in set(self._client.ids)
+
+    def dead_ranks(self) -> list[RankDeath]:
+        if self._client is None:
+            return []
+        alive = set(self._client.ids)
+        return [
+            RankDeath(info.rank, info.pid, ENGINE_GONE, info.host)
+            for info in self.ranks
+            if info.engine_id not in alive
+        ]
+
+    def pids(self) -> frozenset[int]:
+        return frozenset()  # ddipp started no process here
+
+    def stop(self) -> None:
+        """Leave the group and disconnect; the engines keep running."""
+        from . import rank as rank_side
+
+        if self._view is not None and self.ranks:
+            alive = set(self._client.ids)
+            targets = [engine_id for engine_id in self._engine_ids if engine_id in alive]
+            try:
+                self._client[targets].apply_async(rank_side.leave_group).get(timeout=LEAVE_S)
+            except Exception:
+                pass  # best effort: a rank that cannot leave now leaves when its group is formed again
+        if self._client is not None:
+            self._client.close()
+        self._client = self._view = None
+        self._engine_ids = []
+        self.ranks = []

@@ -1,0 +1,275 @@
+"""Simulated hosts on this machine: each its own network, UTS and PID namespaces (needs root).
+
+A host is a network namespace joined to a bridge in the root namespace by a veth pair, in which
+`unshare` starts a small pid-1 reaper with its own host name, `/etc/hosts` and `/run`; commands
+run inside it through `nsenter`. Every name carries a random suffix, and `close` removes every
+namespace, link and process (ending pid 1 of a PID namespace ends everything in it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import psutil
+
+TOOLS = ("ip", "unshare", "nsenter")
+NEEDS_ROOT = (
+    "simulated hosts need root (network, UTS and PID namespaces) and {tools}: run the tier as root "
+    "(sudo -E python -m pytest --run-multihost)"
+)
+READY_S = 10.0
+STOP_S = 5.0
+# The controller's heartbeat period bounds how fast engines register (~4 s at the default).
+CONTROLLER_ARGS = ["--HeartMonitor.period=500"]
+# Debian's `127.0.1.1 <hostname>` line: gloo would listen on 127.0.1.1 unless told the interface.
+HOSTS_FILE = "127.0.0.1 localhost\n127.0.1.1 {name}\n{peers}"
+# pid 1 of a host: names the host, mounts its own /etc/hosts and /run, then reaps orphans.
+REAPER = """
+import os, socket, subprocess, sys, time
+socket.sethostname(sys.argv[1])
+subprocess.run(["mount", "--bind", sys.argv[2], "/etc/hosts"], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run"], check=True)
+print("ready", flush=True)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.1)
+"""
+
+
+def missing_requirement() -> str | None:
+    """Why simulated hosts cannot be built here, or None."""
+    if os.geteuid() != 0 or any(shutil.which(tool) is None for tool in TOOLS):
+        return NEEDS_ROOT.format(tools=", ".join(TOOLS))
+    return None
+
+
+@dataclass
+class Host:
+    """One simulated host: its name, address and the pid (in the root namespace) of its pid 1."""
+
+    name: str
+    address: str
+    namespace: str
+    init: subprocess.Popen
+    init_pid: int
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """`argv` to run inside this host."""
+        return ["nsenter", "-t", str(self.init_pid), "-m", "-u", "-n", "-p", "--", *argv]
+
+    def run(self, argv: Sequence[str]) -> str:
+        """Run `argv` inside this host and return its stdout."""
+        return subprocess.run(self.command(argv), check=True, capture_output=True, text=True).stdout
+
+    def start(self, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen:
+        """Start `argv` inside this host, in the background."""
+        return subprocess.Popen(
+            self.command(argv), env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def processes(self) -> list[psutil.Process]:
+        """The live processes inside this host (in its PID namespace), pid 1 (the reaper) aside."""
+        namespace = _pid_namespace(self.init_pid)
+        return [
+            process
+            for process in psutil.process_iter()
+            if process.pid != self.init_pid and _pid_namespace(process.pid) == namespace and _alive(process)
+        ]
+
+    def start_engines(self, count: int, engine_file: str, env: Mapping[str, str]) -> None:
+        """Start `count` ipyparallel engines here, by hand, for the controller of `engine_file`."""
+        for _ in range(count):
+            self.start([sys.executable, "-m", "ipyparallel.engine", f"--file={engine_file}"], env)
+
+    def stop_engines(self) -> list[psutil.Process]:
+        """End every process inside this host; those that outlived SIGTERM and then SIGKILL."""
+        processes = self.processes()
+        for process in processes:
+            _signal(process, 15)
+        _, lingering = psutil.wait_procs(processes, timeout=STOP_S)
+        for process in lingering:
+            _signal(process, 9)
+        return [p for p in psutil.wait_procs(lingering, timeout=STOP_S)[1] if _alive(p)]
+
+
+class SimulatedHosts:
+    """`count` hosts on a bridge of their own in 10.231.N.0/24 (N free, chosen at random)."""
+
+    def __init__(self, count: int) -> None:
+        self.suffix = uuid.uuid4().hex[:6]
+        self.bridge = f"dbr{self.suffix}"
+        self.subnet = _free_subnet()
+        self.bridge_address = f"10.231.{self.subnet}.1"
+        self.hosts: list[Host] = []
+        self._links: list[str] = []
+        self._namespaces: list[str] = []
+        self._folder = tempfile.mkdtemp(prefix="ddipp-hosts-")
+        try:
+            self._build(count)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, count: int) -> None:
+        _ip("link", "add", self.bridge, "type", "bridge")
+        self._links.append(self.bridge)
+        _ip("addr", "add", f"{self.bridge_address}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        names = [f"host{index}-{self.suffix}" for index in range(count)]
+        addresses = [f"10.231.{self.subnet}.{11 + index}" for index in range(count)]
+        peers = "".join(f"{address} {name}\n" for name, address in zip(names, addresses, strict=True))
+        for name, address in zip(names, addresses, strict=True):
+            self.hosts.append(self._build_host(name, address, peers))
+
+    def _build_host(self, name: str, address: str, peers: str) -> Host:
+        index = len(self.hosts)
+        namespace, outside, inside = (f"d{kind}{self.suffix}{index}" for kind in ("ns", "vo", "vi"))
+        _ip("netns", "add", namespace)
+        self._namespaces.append(namespace)
+        _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        self._links.append(outside)
+        _ip("link", "set", outside, "master", self.bridge, "up")
+        _ip("link", "set", inside, "netns", namespace)
+        inner = ("netns", "exec", namespace, "ip")
+        _ip(*inner, "link", "set", "lo", "up")
+        _ip(*inner, "addr", "add", f"{address}/24", "dev", inside)
+        _ip(*inner, "link", "set", inside, "up")
+        hosts_file = os.path.join(self._folder, f"hosts-{name}")
+        with open(hosts_file, "w") as file:
+            file.write(HOSTS_FILE.format(name=name, peers=peers))
+        init = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, "unshare", "--uts", "--pid", "--fork", "--mount-proc"]
+            + [sys.executable, "-c", REAPER, name, hosts_file],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # unshare's complaints when its child is SIGKILLed at close
+            text=True,
+        )
+        if init.stdout.readline().strip() != "ready":
+            init.kill()
+            raise RuntimeError(f"simulated host {name} did not start (exit {init.wait()})")
+        init_pid = _reaper_pid(init.pid)
+        return Host(name, address, namespace, init, init_pid)
+
+    def close(self) -> None:
+        """End every process in the hosts, then remove their namespaces and links."""
+        for host in self.hosts:
+            try:
+                os.kill(host.init_pid, 9)  # the kernel then ends everything in its PID namespace
+            except ProcessLookupError:
+                pass
+            host.init.wait(timeout=READY_S)
+            host.init.stdout.close()
+        for namespace in self._namespaces:
+            subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
+        for link in self._links:
+            subprocess.run(["ip", "link", "delete", link], capture_output=True)
+        shutil.rmtree(self._folder, ignore_errors=True)
+        self.hosts, self._namespaces, self._links = [], [], []
+
+    def leftovers(self) -> list[str]:
+        """Namespaces and links of these hosts that still exist."""
+        listed = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        listed += subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        return sorted({word.split("@")[0].rstrip(":") for word in listed.split() if self.suffix in word})
+
+
+def _ip(*argv: str) -> None:
+    subprocess.run(["ip", *argv], check=True, capture_output=True)
+
+
+def _free_subnet() -> int:
+    """A third octet N such that no interface here has an address in 10.231.N.0/24."""
+    used = {
+        address.address
+        for addresses in psutil.net_if_addrs().values()
+        for address in addresses
+        if address.address.startswith("10.231.")
+    }
+    free = [n for n in range(100, 250) if not any(a.startswith(f"10.231.{n}.") for a in used)]
+    return random.choice(free)
+
+
+def _reaper_pid(unshare_pid: int) -> int:
+    """The pid (in this namespace) of the reaper that `unshare --fork` started."""
+    deadline = time.monotonic() + READY_S
+    while time.monotonic() < deadline:
+        for process in psutil.Process(unshare_pid).children(recursive=True):
+            if process.name().startswith("python"):
+                return process.pid
+        time.sleep(0.05)
+    raise RuntimeError("the reaper of a simulated host was not found")
+
+
+def start_controller(address: str):
+    """An ipyparallel controller on `address` with no engines (a fresh cluster id), and its cluster."""
+    import ipyparallel as ipp
+
+    cluster = ipp.Cluster(
+        controller_ip=address,
+        n=0,
+        cluster_id=f"hosts-{uuid.uuid4().hex[:8]}",
+        controller_args=CONTROLLER_ARGS,
+        shutdown_atexit=False,
+    )
+    cluster.start_controller_sync()
+    # The controller writes its connection files once it listens, after the start returns.
+    deadline = time.monotonic() + READY_S
+    while not all(os.path.exists(path(cluster)) for path in (engine_file, client_file)):
+        if time.monotonic() > deadline:
+            stop_controller(cluster)
+            raise RuntimeError("the controller wrote no connection files")
+        time.sleep(0.05)
+    return cluster
+
+
+def engine_file(cluster) -> str:
+    """The engine connection file of `cluster`'s controller."""
+    return os.path.join(cluster.profile_dir, "security", f"ipcontroller-{cluster.cluster_id}-engine.json")
+
+
+def client_file(cluster) -> str:
+    """The client connection file of `cluster`'s controller."""
+    return os.path.join(cluster.profile_dir, "security", f"ipcontroller-{cluster.cluster_id}-client.json")
+
+
+def stop_controller(cluster) -> list[psutil.Process]:
+    """Stop the controller and every process it started; those still alive after SIGKILL."""
+    family = [psutil.Process(cluster.controller.process.pid)]
+    family += family[0].children(recursive=True)
+    cluster.stop_cluster_sync()
+    _, lingering = psutil.wait_procs(family, timeout=STOP_S)
+    for process in lingering:
+        _signal(process, 9)
+    return [p for p in psutil.wait_procs(lingering, timeout=STOP_S)[1] if _alive(p)]
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _signal(process: psutil.Process, number: int) -> None:
+    try:
+        process.send_signal(number)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
