@@ -25,10 +25,10 @@ demo: $(INSTALLED)
 	$(PY) -m ddipp.notebooks examples/demo.ipynb -o examples/demo.executed.ipynb
 
 ## test: lint, then every test tier (unit, fuzzer, real CPU ranks, notebooks through nbclient,
-## notebooks through JupyterLab in chromium), then the fastai tests again in the fastai 1
-## environment (those of fastai 2 skip there)
+## notebooks through JupyterLab in chromium, engines on simulated hosts), then the fastai tests
+## again in the fastai 1 environment (those of fastai 2 skip there)
 test: $(INSTALLED) $(INSTALLED1) lint chromium
-	$(PY) -m pytest --run-slow --run-notebooks --run-browser
+	$(PY) -m pytest --run-slow --run-notebooks --run-browser --run-multihost
 	$(VENV1)/bin/python -m pytest --run-slow --run-notebooks -m fastai
 
 lint: $(INSTALLED)
