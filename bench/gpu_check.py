@@ -21,13 +21,15 @@ import subprocess
 import sys
 import time
 import zipfile
+from importlib import metadata
 from pathlib import Path
+
+from bench.gpu_wheels import CARRIED, PREINSTALLED
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 WHEELS = ROOT / ".whl" / f"py{VERSION}"
 SITE = ROOT / "build" / f"gpu-site-py{VERSION}"
-CARRIED = "CARRIED.txt"
 # The whole check must end within 8 minutes on one GPU; the install takes well under one.
 TESTS_BUDGET_S = 420
 MACHINE = (
@@ -71,6 +73,14 @@ def torchvision_fits(wheel: Path, env: dict[str, str]) -> str:
     return ""
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def install(env: dict[str, str], notes: list[str]) -> None:
     """Install the carried wheels into `SITE` and put it on the path of everything started."""
     if not WHEELS.is_dir():
@@ -78,6 +88,9 @@ def install(env: dict[str, str], notes: list[str]) -> None:
         return
     if (WHEELS / CARRIED).exists():
         notes.extend((WHEELS / CARRIED).read_text().splitlines())
+    missing = [name for name in PREINSTALLED if not _installed(name)]
+    if missing:  # not carried: the tests that import them fail or skip, and say so
+        notes.append(f"expected on this machine but missing (not carried): {', '.join(missing)}")
     wheels = sorted(WHEELS.glob("*.whl"))
     for wheel in [w for w in wheels if w.name.startswith("torchvision-")]:
         mismatch = torchvision_fits(wheel, env)

@@ -2,10 +2,11 @@
 
     python -m bench.gpu_wheels [--python 3.12] [--dest .whl]
 
-The machine is taken to have Python, torch, accelerate and numpy (and what they require)
-and nothing else. Everything else that ddipp, its GPU tests and the fastai lesson import is
-downloaded here, at the versions installed in this environment (the ones its tests passed
-with), as binary wheels for CPython `--python` on Linux x86_64, into `DEST/py<version>/`.
+The machine is taken to have Python, torch, accelerate and numpy (and what they require), and
+the scientific packages that `PREINSTALLED` names. Everything else that ddipp, its GPU tests
+and the fastai lesson import is downloaded here, at the versions installed in this
+environment (the ones its tests passed with), as binary wheels for CPython `--python` on
+Linux x86_64, into `DEST/py<version>/`.
 
 The carried set must stay under 64 MiB: groups (`GROUPS`) are added in order while they fit,
 and `CARRIED.txt` beside the wheels says what was left out. Wheels bigger than
@@ -26,15 +27,28 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from packaging.markers import default_environment
-from packaging.requirements import Requirement
-
 ROOT = Path(__file__).resolve().parent.parent
 # What ddipp's GPU tier imports, in the order it is carried while the set stays under the
 # limit: ddipp and pytest (every GPU test), fastai 2 (its fits and lesson), torchvision (vision).
 GROUPS = {"core": ("ddipp", "pytest"), "fastai": ("fastai",), "vision": ("torchvision",)}
-# On the GPU machine already, with everything they require.
-PREINSTALLED = ("torch", "accelerate", "numpy")
+# On the GPU machine already, with everything they require: torch, accelerate and numpy on any
+# GPU machine this is for; the rest is what the image of the GPU machines lent to this
+# project's checks holds (its torchvision matches its torch, which a carried one would not).
+# `bench.gpu_check` says in its report which of them is missing where it runs.
+PREINSTALLED = (
+    "torch",
+    "accelerate",
+    "numpy",
+    "torchvision",
+    "scipy",
+    "pandas",
+    "matplotlib",
+    "scikit-learn",
+    "pillow",
+    "pytest",
+    "requests",
+    "pyyaml",
+)
 # Required on paper, never imported by what runs there (each checked by `make gpu-rehearsal`).
 LEFT_OUT = {
     "spacy": "fastai.text only; the lesson uses tabular and vision",
@@ -55,6 +69,8 @@ CARRIED = "CARRIED.txt"
 
 def requirements_of(name: str, environment: dict[str, str]) -> list[str]:
     """Distributions `name` requires (no extras) under the marker `environment`."""
+    from packaging.requirements import Requirement
+
     found = []
     for line in metadata.distribution(name).requires or []:
         requirement = Requirement(line)
@@ -82,6 +98,8 @@ def closure(roots: tuple[str, ...], environment: dict[str, str], stop: set[str])
 
 def groups(python: str) -> dict[str, dict[str, str]]:
     """Per group of `GROUPS`, distribution -> version to carry for CPython `python` on Linux x86_64."""
+    from packaging.markers import default_environment
+
     environment = default_environment() | {
         "python_version": ".".join(python.split(".")[:2]),
         "python_full_version": python if python.count(".") == 2 else f"{python}.0",
