@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     summary += tests.strip().splitlines()[-1:] if tests.strip() else []
     verdict = {0: "passed", 124: f"ran past its {args.budget:g} s budget"}.get(tests_status, "FAILED")
+    if tests_status == 0 and " passed" not in (summary[-1] if summary else ""):
+        verdict = "nothing ran: every test skipped (see why below)"
     report = [
         f"ddipp GPU check: {verdict} (pytest exit status {tests_status})",
         f"took {time.monotonic() - began:.0f} s, of which {installed_s:.0f} s installing",
