@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ddipp.errors import InvalidSequence, RankError
+from ddipp.errors import GroupFailed, InvalidSequence, RankError
 from ddipp.fsm import State
 from tests.hosts import client_file, engine_file
 
@@ -129,7 +129,9 @@ def test_a_rank_killed_on_another_host_fails_the_cell_and_restart_reforms_on_the
         time.sleep(0.005)
     unregistered = time.perf_counter() - killed
     expected = rf"rank 3 \(pid {victim.pid} on {victim.host}\) died: its engine is no longer registered"
-    with pytest.raises(InvalidSequence, match=expected):
+    # The notebook's own client may hear of the unregistration a moment after the test's: the
+    # death is then noticed by the cell itself rather than before it; either way it is named.
+    with pytest.raises((InvalidSequence, GroupFailed), match=expected):
         shell.run_cell_magic("dip", "", "print('never')")
     assert session.state is State.FAILED
     shell.run_line_magic("makedip", "--restart")
