@@ -319,9 +319,12 @@ class IpyparallelRanks:
 
         if self._formations < 2:
             return []
-        found = self._client[[self._engine_ids[r] for r in ranks]].apply_sync(
-            rank_side.last_error_used_a_retired_group
-        )
+        try:
+            found = self._client[[self._engine_ids[r] for r in ranks]].apply_sync(
+                rank_side.last_error_used_a_retired_group
+            )
+        except Exception:  # only a hint is lost: the cell's own error is what matters
+            return []
         return [rank for rank, stale in zip(ranks, found, strict=True) if stale]
 
     def _form_group(self, spec: GroupSpec) -> list[RankInfo]:
@@ -475,7 +478,14 @@ class IpyparallelRanks:
         except BaseException:
             self._view.apply_async(rank_side.discard_push, token)  # no rank keeps any of it
             raise
-        self._view.apply_sync(rank_side.commit_push, token)
+        # Once staged everywhere, the push completes: an interrupt now would leave some ranks
+        # with the values and others without, so the commit is waited for through interrupts.
+        while True:
+            try:
+                self._view.apply_sync(rank_side.commit_push, token)
+                return
+            except KeyboardInterrupt:
+                continue
 
     def pull(self, names: list[str], rank: int) -> list[Any]:
         """The values of `names` on `rank`, with their tensors on the CPU (see `rank.pickle_on_cpu`)."""

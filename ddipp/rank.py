@@ -272,7 +272,11 @@ def last_error_used_a_retired_group() -> bool:
         local_values = traceback.tb_frame.f_locals
         for name in _GROUP_LOCALS:
             value = local_values.get(name)
-            if id(value) in retired or id(getattr(value, "process_group", object())) in retired:
+            try:
+                held = getattr(value, "process_group", None)
+            except Exception:  # a user's __getattr__ may raise anything
+                held = None
+            if id(value) in retired or (held is not None and id(held) in retired):
                 return True
         traceback = traceback.tb_next
     return False
@@ -321,7 +325,8 @@ def commit_push(token: str) -> None:
     """Make staged values visible in the rank's namespace."""
     from IPython import get_ipython
 
-    get_ipython().user_ns.update(_staged_pushes.pop(token))
+    # Idempotent: sent again when an interrupt broke into the wait for it.
+    get_ipython().user_ns.update(_staged_pushes.pop(token, {}))
 
 
 def discard_push(token: str) -> None:

@@ -422,9 +422,9 @@ class DipSession:
                 released.update(ranks)
 
         run = cluster.submit(code, messages.put, cell_number)
-        _show_late_output(cluster, router)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            _show_late_output(cluster, router)
             finished = _pump(run, messages, router, deadline, release, world_size)
         except KeyboardInterrupt:
             stopped = _wait_for_interrupted(run, messages, router, release, world_size)

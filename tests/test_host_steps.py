@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ddipp.errors import RankError
+from ddipp.errors import GroupFailed, RankError
 from ddipp.fsm import State
 
 pytestmark = pytest.mark.slow
@@ -70,3 +70,18 @@ def test_a_host_step_that_fails_on_the_first_rank_fails_the_others_at_once(noteb
         ),
     }
     assert session.state is State.PATCHED
+
+
+def test_a_host_step_whose_first_rank_dies_fails_the_others_instead_of_waiting(notebook):
+    shell, session = notebook
+    shell.run_line_magic("makedip", "-n 2 -a torch")
+    began = time.monotonic()
+    with pytest.raises(GroupFailed, match=r"rank 0 \(pid \d+\) died: signal SIGKILL"):
+        shell.run_cell_magic(
+            "dip",
+            f"--timeout {HANG_GUARD_S}",
+            "import os, signal\nwith rank0_first():\n    if dist.get_rank() == 0:\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n",
+        )
+    assert time.monotonic() - began < HANG_GUARD_S / 2  # not the cell's timeout
+    assert session.state is State.FAILED

@@ -16,6 +16,7 @@ another host step runs plainly, without a key, as the first rank alone makes it.
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 import socket
 import time
@@ -32,12 +33,14 @@ POLL_S = 0.05
 
 STEP_KEY = "ddipp/host-step/{leader}/{cell}/{call}"
 LEADER_FAILED = "rank {leader}, which runs this step for its host, failed in it: {error}"
+LEADER_DIED = "rank {leader} (pid {pid}), which runs this step for its host, died before finishing it"
 LEADER_TOO_SLOW = "rank {leader}, which runs this step for its host, did not finish it within {timeout:g} s"
 UNSENDABLE_RESULT = "its result could not be sent to the host's other ranks ({error})"
 _DONE, _FAILED = "done", "failed"
 
 _patches = Patches()
-_leader: int | None = None
+# (the process group it was gathered in, the leader's rank, the leader's pid)
+_leader: tuple[Any, int, int] | None = None
 _cell: int | None = None
 _calls_in_cell = 0
 # Host steps under way in this process: a call made inside one runs plainly (see the docstring).
@@ -49,14 +52,22 @@ class HostStepFailed(RuntimeError):
 
 
 def host_leader() -> int:
-    """The lowest rank on this host, the one that runs host steps (gathered once per process)."""
-    global _leader
-    if _leader is None:
-        import torch.distributed as dist
+    """The lowest rank on this host, the one that runs host steps (gathered once per group)."""
+    return _host_leader()[1]
 
-        hosts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(hosts, socket.gethostname())
-        _leader = hosts.index(hosts[dist.get_rank()])
+
+def _host_leader() -> tuple[Any, int, int]:
+    global _leader
+    import torch.distributed as dist
+    from torch.distributed.distributed_c10d import _get_default_group
+
+    group = _get_default_group()
+    if _leader is None or _leader[0] is not group:  # a new group may place the ranks anew
+        found: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(found, (socket.gethostname(), os.getpid()))
+        hosts = [host for host, _ in found]
+        leader = hosts.index(hosts[dist.get_rank()])
+        _leader = (group, leader, found[leader][1])
     return _leader
 
 
@@ -128,7 +139,7 @@ class _Step:
         import torch.distributed as dist
         from torch.distributed.distributed_c10d import _get_default_store
 
-        self.leader = host_leader()
+        _, self.leader, self.leader_pid = _host_leader()
         self.runs_here = dist.get_rank() == self.leader
         self.store = _get_default_store()
         self.key = _next_key(self.leader)
@@ -145,6 +156,8 @@ class _Step:
         # (the group's -t) applies to it.
         deadline = time.monotonic() + HOST_STEP_TIMEOUT_S
         while not self.store.check([self.key]):
+            if not _alive(self.leader_pid):  # on this host: a death is seen at once
+                raise HostStepFailed(LEADER_DIED.format(leader=self.leader, pid=self.leader_pid))
             if time.monotonic() > deadline:
                 raise HostStepFailed(LEADER_TOO_SLOW.format(leader=self.leader, timeout=HOST_STEP_TIMEOUT_S))
             time.sleep(POLL_S)
@@ -152,6 +165,15 @@ class _Step:
         if status == _FAILED:
             raise HostStepFailed(LEADER_FAILED.format(leader=self.leader, error=payload))
         return payload
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _next_key(leader: int) -> str:
