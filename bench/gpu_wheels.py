@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # limit: ddipp and pytest (every GPU test), fastai 2 (its fits and lesson), torchvision (vision).
 GROUPS = {"core": ("ddipp", "pytest"), "fastai": ("fastai",), "vision": ("torchvision",)}
 # On the GPU machine already, with everything they require: torch, accelerate and numpy on any
-# GPU machine this is for; the rest is what the image of the GPU machines lent to this
-# project's checks holds (its torchvision matches its torch, which a carried one would not).
+# GPU machine this is for; the rest is the scientific stack of the CUDA image the check is
+# prepared for (its torchvision matches its torch, which a carried one would not).
 # `bench.gpu_check` says in its report which of them is missing where it runs.
 PREINSTALLED = (
     "torch",
