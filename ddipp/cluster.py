@@ -350,18 +350,22 @@ class IpyparallelRanks:
             )
             for rank, engine_id in enumerate(self._engine_ids)
         ]
-        deadline = time.monotonic() + spec.timeout
+        return self._joined(pending, [placement.label for placement in placements], spec.timeout)
+
+    def _joined(self, pending: list, labels: list[str], timeout: float) -> list[RankInfo]:
+        """Each rank's `form_group` result, waited for within `timeout` in all; `LaunchFailed`
+        naming the first rank that did not join."""
+        deadline = time.monotonic() + timeout
         infos = []
         for rank, result in enumerate(pending):
             remaining = max(0.0, deadline - time.monotonic())
             try:
                 info = result.get(timeout=remaining)
             except TimeoutError:
-                raise LaunchFailed(RENDEZVOUS_TIMEOUT.format(timeout=spec.timeout)) from None
+                raise LaunchFailed(RENDEZVOUS_TIMEOUT.format(timeout=timeout)) from None
             except Exception as error:
                 raise LaunchFailed(RANK_DID_NOT_JOIN.format(rank=rank, error=error)) from error
-            label = placements[rank].label
-            infos.append(RankInfo(rank, self._engine_ids[rank], info["pid"], label, info["host"]))
+            infos.append(RankInfo(rank, self._engine_ids[rank], info["pid"], labels[rank], info["host"]))
         return infos
 
     def _adopt(self, pid: int) -> None:

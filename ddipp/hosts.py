@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Sequence
 from urllib.parse import urlparse
 
 from .cluster import (
-    RANK_DID_NOT_JOIN,
-    RENDEZVOUS_TIMEOUT,
     IpyparallelRanks,
     RankDeath,
     RankInfo,
@@ -144,19 +141,7 @@ class AttachedRanks(IpyparallelRanks):
                     spec.timeout,
                 )
             )
-        deadline = time.monotonic() + spec.timeout
-        infos = []
-        for rank, result in enumerate(pending):
-            try:
-                info = result.get(timeout=max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise LaunchFailed(RENDEZVOUS_TIMEOUT.format(timeout=spec.timeout)) from None
-            except Exception as error:
-                raise LaunchFailed(RANK_DID_NOT_JOIN.format(rank=rank, error=error)) from error
-            infos.append(
-                RankInfo(rank, self._engine_ids[rank], info["pid"], placements[rank].label, info["host"])
-            )
-        return infos
+        return self._joined(pending, [placement.label for placement in placements], spec.timeout)
 
     def _abort_arguments(self, rank: int) -> tuple:
         # Pids name processes of one host only (they collide across hosts); the connections
@@ -164,9 +149,13 @@ class AttachedRanks(IpyparallelRanks):
         host = self.ranks[rank].host
         return [info.pid for info in self.ranks if info.host == host], True
 
-    def _interrupt_ranks(self) -> None:
+    def _live_engines(self) -> list[int]:
+        """The group's engines still registered with the controller."""
         alive = set(self._client.ids)
-        targets = [engine_id for engine_id in self._engine_ids if engine_id in alive]
+        return [engine_id for engine_id in self._engine_ids if engine_id in alive]
+
+    def _interrupt_ranks(self) -> None:
+        targets = self._live_engines()
         if targets:
             # Through each engine's nanny, wherever it runs.
             self._client.send_signal(signal.SIGINT, targets=targets, block=False)
@@ -192,8 +181,7 @@ class AttachedRanks(IpyparallelRanks):
         from . import rank as rank_side
 
         if self._view is not None and self.ranks:
-            alive = set(self._client.ids)
-            targets = [engine_id for engine_id in self._engine_ids if engine_id in alive]
+            targets = self._live_engines()
             try:
                 self._client[targets].apply_async(rank_side.leave_group).get(timeout=LEAVE_S)
             except Exception:

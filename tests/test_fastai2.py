@@ -9,6 +9,7 @@ import pytest
 
 from tests.environments import requires_fastai
 from tests.http_counter import CountingServer
+from tests.shells import on_ranks, pull
 
 pytestmark = [pytest.mark.slow, *requires_fastai(2)]
 
@@ -57,15 +58,6 @@ def lesson(fastai_ranks, tmp_path_factory):
     local = {"WORK": shell.user_ns["WORK"]}
     exec(SETUP, local)
     return shell, local
-
-
-def on_ranks(shell, code: str) -> None:
-    shell.run_cell_magic("dip", "", code)
-
-
-def pull(shell, name: str, rank: int = 0):
-    shell.run_line_magic("dip", f"--pull {name} --rank {rank}")
-    return shell.user_ns[name]
 
 
 def assert_same_weights(left: dict, right: dict) -> None:

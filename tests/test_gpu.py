@@ -25,6 +25,7 @@ from ddipp.fsm import State
 from ddipp.notebooks import KernelSession, execute_notebook
 from ddipp.placement import visible_device
 from tests.processes import TAG_VARIABLE, wait_until_gone
+from tests.shells import pull
 from tests.test_notebooks import check_expectations
 
 pytestmark = pytest.mark.gpu
@@ -57,11 +58,6 @@ def require_modules(*names: str) -> None:
     missing = [name for name in names if find_spec(name) is None]
     if missing:
         pytest.skip(f"needs {', '.join(missing)}, which is not installed here (docs/gpu.md: what is carried)")
-
-
-def pull(shell, name: str, rank: int):
-    shell.run_line_magic("dip", f"--pull {name} --rank {rank}")
-    return shell.user_ns[name]
 
 
 def test_all_gpus_gives_one_rank_per_gpu_each_seeing_only_its_own(notebook, capsys):
