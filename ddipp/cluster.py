@@ -92,6 +92,10 @@ class CellRun(Protocol):
         """Ranks whose execution has ended (successfully or not)."""
         ...
 
+    def dead_ranks(self) -> set[int]:
+        """Ranks whose process is gone (or, across hosts, no longer registered)."""
+        ...
+
     def notes(self) -> list[str]:
         """What the notebook should be told about the run (output that may be missing)."""
         ...
@@ -202,6 +206,10 @@ class IpyparallelCellRun:
     def finished_ranks(self) -> set[int]:
         return {rank for rank, child in enumerate(self._result._children) if child.done()}
 
+    def dead_ranks(self) -> set[int]:
+        # A request to a rank that is gone fails (ipyparallel's EngineError): only those are asked.
+        return {rank for rank in self.finished_ranks() if self._is_dead(rank)}
+
     def interrupt(self) -> None:
         self._interrupt()
 
@@ -284,9 +292,13 @@ class IpyparallelRanks:
         from . import rank as rank_side
 
         for rank in ranks:
-            # The rank has finished its cell, so this runs at once; no need to wait for it.
-            engine = self._client[self._engine_ids[rank]]
-            engine.apply_async(rank_side.abort_group, *self._abort_arguments(rank))
+            # On the engine's control channel: served even while the rank's main thread is
+            # blocked in a collective. Not waited for.
+            peer_pids, *across_hosts = self._abort_arguments(rank)
+            content = {"peer_pids": peer_pids, "across_hosts": bool(across_hosts and across_hosts[0])}
+            self._client._send_control_request(
+                [self._engine_ids[rank]], rank_side.RELEASE_REQUEST, content, block=False
+            )
 
     def reform(self) -> None:
         from . import rank as rank_side
@@ -580,17 +592,22 @@ class IpyparallelRanks:
         if self._client is not None:
             self._client.close()
         if self._cluster is not None:
-            # Ranks ended on purpose exit non-zero; ipyparallel would then dump their logs.
-            # The logger is ddipp's own (see `own_logger`), so this silences nothing else.
-            self._cluster.log.setLevel(logging.ERROR)
+            self._cluster.log.setLevel(logging.ERROR)  # see `_stop_local`
         # The ranks have left the group: end them (and the nannies that would otherwise
         # linger for seconds) by pid, then let ipyparallel stop its controller.
         _end_processes(family, STOP_GRACE_S)
+        self._stop_local()
+
+    def _stop_local(self) -> None:
+        """Let ipyparallel stop what it started, then end what is left of it here, by pid."""
         if self._cluster is not None:
+            # Ranks ended on purpose exit non-zero; ipyparallel would then dump their logs.
+            # The logger is ddipp's own (see `own_logger`), so this silences nothing else.
+            self._cluster.log.setLevel(logging.ERROR)
             try:
                 self._cluster.stop_cluster_sync()
             except Exception:
-                pass  # anything still running is ended below
+                pass  # anything still running here is ended below
         _end_processes(self._family(), KILL_GRACE_S)
         if self._rendezvous_dir is not None:
             shutil.rmtree(self._rendezvous_dir, ignore_errors=True)

@@ -29,9 +29,13 @@ LEAVE_S = 2.0
 ANY_ADDRESS = ("0.0.0.0", "*", "")
 
 NOT_A_CONNECTION_FILE = "--attach {path}: not an ipyparallel cluster file or client connection file ({error})"
-TOO_FEW_ENGINES = "--attach: {found} engine(s) registered, {wanted} asked for with -n"
+TOO_FEW_ENGINES = "{flag}: {found} of the {wanted} engine(s) asked for registered within {timeout:g} s (-t)"
 NO_ENGINES = "--attach: no engine is registered with the controller of {path}"
 ENGINE_GONE = "its engine is no longer registered with the controller"
+ENGINES_BUSY = (
+    "the engines did not answer within {timeout:g} s: some still run an earlier request (a cell "
+    "that never ended?); interrupt or restart them (ipcluster), then %makedip again"
+)
 
 
 def ranks_by_host(hosts: Sequence[str]) -> list[list[int]]:
@@ -41,6 +45,14 @@ def ranks_by_host(hosts: Sequence[str]) -> list[list[int]]:
     for index, host in enumerate(hosts):
         grouped.setdefault(host, []).append(index)
     return list(grouped.values())
+
+
+def order_hosts(seen: Sequence[dict]) -> list[list[int]]:
+    """Indices of the engines `seen` (`rank.describe_host`, in engine order) grouped by host:
+    hosts in the order of their `host_index` where a launcher set one (`--hosts`), else in the
+    order their first engine comes."""
+    groups = ranks_by_host([engine["host"] for engine in seen])
+    return sorted(groups, key=lambda group: int(seen[group[0]]["host_index"] or 0))
 
 
 def take_ranks(groups: list[list[int]], wanted: int | None) -> list[list[int]]:
@@ -90,21 +102,32 @@ class AttachedRanks(IpyparallelRanks):
         self._ranks_per_host: list[int] = []
 
     def _launch(self, spec: GroupSpec) -> None:
+        assert spec.attach is not None
+        client = connect(spec.attach)
+        self._adopt_engines(client, spec.world_size or None, spec.timeout, "--attach")
+
+    def _adopt_engines(self, client, wanted: int | None, timeout: float, flag: str) -> None:
+        """Take `wanted` of `client`'s engines (all if None) as the ranks, ordered host by host:
+        by the launcher's host index where it set one (`--hosts` order), else by engine id."""
         from . import rank as rank_side
 
-        assert spec.attach is not None
-        client = self._client = connect(spec.attach)
-        wanted = spec.world_size or None
+        self._client = client
         try:
-            client.wait_for_engines(wanted or 1, timeout=spec.timeout, interactive=False)
+            client.wait_for_engines(wanted or 1, timeout=timeout, interactive=False)
         except TimeoutError:
             if wanted is None:
-                raise LaunchFailed(NO_ENGINES.format(path=spec.attach)) from None
-            raise LaunchFailed(TOO_FEW_ENGINES.format(found=len(client.ids), wanted=wanted)) from None
+                raise LaunchFailed(NO_ENGINES.format(path=self._spec.attach)) from None
+            found = len(client.ids)
+            raise LaunchFailed(
+                TOO_FEW_ENGINES.format(flag=flag, found=found, wanted=wanted, timeout=timeout)
+            ) from None
         engine_ids = sorted(client.ids)
         address = controller_address(client)
-        seen = client[engine_ids].apply_sync(rank_side.describe_host, address)
-        groups = take_ranks(ranks_by_host([engine["host"] for engine in seen]), wanted)
+        try:
+            seen = client[engine_ids].apply_async(rank_side.describe_host, address).get(timeout=timeout)
+        except TimeoutError:
+            raise LaunchFailed(ENGINES_BUSY.format(timeout=timeout)) from None
+        groups = take_ranks(order_hosts(seen), wanted)
         self._engine_ids = [engine_ids[index] for group in groups for index in group]
         self._seen = [seen[index] for group in groups for index in group]
         self._ranks_per_host = [len(group) for group in groups]
@@ -182,6 +205,10 @@ class AttachedRanks(IpyparallelRanks):
 
         if self._view is not None and self.ranks:
             targets = self._live_engines()
+            if self._client.outstanding:
+                # A cell still running (one that timed out) holds the engines: stop it first.
+                self._interrupt_ranks()
+                self._client.wait(timeout=LEAVE_S)
             try:
                 self._client[targets].apply_async(rank_side.leave_group).get(timeout=LEAVE_S)
             except Exception:

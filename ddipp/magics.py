@@ -151,6 +151,28 @@ class DipMagics(Magics):
         ),
     )
     @argument(
+        "--hosts",
+        default=None,
+        metavar="HOST:RANKS,...",
+        help=(
+            "start CPU ranks on other machines over ssh with ipyparallel's SSH launcher, e.g. "
+            "node1:2,node2:2 (HOST as ssh takes it: an alias of your ssh config, user@host). "
+            "Ranks of a host are contiguous, rank 0 on the first host; the controller listens "
+            "on this machine's address toward the first host, encrypted (CurveZMQ); --kill "
+            "stops every engine and removes their files on every host"
+        ),
+    )
+    @argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help=(
+            "with --hosts: an ipyparallel config file (.py or .json) for the launcher, e.g. "
+            "c.SSHEngineSetLauncher.ssh_args, .remote_python (default: this python), "
+            "c.Cluster.controller_ip"
+        ),
+    )
+    @argument(
         "-a",
         "--app",
         default=None,
@@ -187,7 +209,7 @@ class DipMagics(Magics):
             action = "kill" if args.kill else "restart"
             given = [
                 f"--{name}"
-                for name in ("gpus", "n", "attach", "app", "verbose", "timeout", "backend")
+                for name in ("gpus", "n", "attach", "hosts", "config", "app", "verbose", "timeout", "backend")
                 if getattr(args, name) is not None
             ]
             if given:
@@ -207,6 +229,8 @@ class DipMagics(Magics):
             timeout=args.timeout,
             verbose=parse_bool(args.verbose) if args.verbose is not None else False,
             attach=args.attach,
+            hosts=args.hosts,
+            config=args.config,
         )
         for notice in notices:
             print(notice)

@@ -43,6 +43,13 @@ def loopback_interface() -> str | None:
     return None
 
 
+# A control-channel request (served beside the main thread) that cuts a rank's connections.
+RELEASE_REQUEST = "ddipp_release_request"
+RELEASE_REPLY = "ddipp_release_reply"
+# Set by ddipp's launcher in each engine's environment: its host's place among --hosts.
+HOST_INDEX = "DDIPP_HOST_INDEX"
+
+
 def route_to(address: str) -> tuple[str, str | None]:
     """This host's source address toward `address`, and the interface that holds it.
 
@@ -60,9 +67,16 @@ def route_to(address: str) -> tuple[str, str | None]:
 
 
 def describe_host(controller_address: str) -> dict:
-    """Where this rank runs: host name, pid, and address and interface toward the controller."""
+    """Where this rank runs: host name, pid, address and interface toward the controller, and
+    its host's place among `%makedip --hosts` (None for engines ddipp did not start)."""
     address, interface = route_to(controller_address)
-    return {"host": socket.gethostname(), "pid": os.getpid(), "address": address, "interface": interface}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "address": address,
+        "interface": interface,
+        "host_index": os.environ.get(HOST_INDEX),
+    }
 
 
 def open_rendezvous(address: str) -> int:
@@ -133,6 +147,7 @@ def form_group(
         if hasattr(stream, "flush_interval"):
             stream.flush_interval = OUTPUT_FLUSH_INTERVAL_S
     _number_cells_as_the_notebook()
+    _answer_release_requests()
     return {"rank": rank, "pid": os.getpid(), "device": device, "host": socket.gethostname()}
 
 
@@ -184,13 +199,47 @@ def abort_group(peer_pids: list[int], across_hosts: bool = False) -> None:
     from torch.distributed import distributed_c10d
 
     groups = list(distributed_c10d._world.pg_map)
-    _retired_groups.update(groups)
     if any("nccl" in dist.get_backend(group) for group in groups):
         distributed_c10d._abort_process_group()
+    cut_connections(peer_pids, across_hosts)
+    dist.destroy_process_group()
+
+
+def cut_connections(peer_pids: list[int], across_hosts: bool = False) -> None:
+    """Shut this rank's gloo and store connections to its peers (see `abort_group`), and retire
+    its groups. Safe beside a main thread blocked in a collective: that collective fails at once."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    from torch.distributed import distributed_c10d
+
+    _retired_groups.update(list(distributed_c10d._world.pg_map))
     _shut_sockets_to(set(peer_pids) - {os.getpid()})
     if across_hosts:
         _shut_connections(_group_connections)
-    dist.destroy_process_group()
+
+
+def _answer_release_requests() -> None:
+    """Handle `RELEASE_REQUEST` on the engine's control channel, which its own thread serves:
+    the notebook can then cut a rank loose while the rank's main thread waits in a collective
+    for a peer that is gone (a host lost or cut off sends no "connection closed")."""
+    from IPython import get_ipython
+
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None or RELEASE_REQUEST in kernel.control_handlers:
+        return
+
+    def release(stream, idents, parent) -> None:
+        content = parent["content"]
+        try:
+            cut_connections(content["peer_pids"], content["across_hosts"])
+            reply = {"status": "ok"}
+        except Exception as error:
+            reply = {"status": "error", "ename": type(error).__name__, "evalue": str(error), "traceback": []}
+        kernel.session.send(stream, RELEASE_REPLY, content=reply, parent=parent, ident=idents)
+
+    kernel.control_handlers[RELEASE_REQUEST] = release
 
 
 def _tcp_connections() -> set[tuple[str, int, str, int]]:

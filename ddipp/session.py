@@ -21,6 +21,7 @@ from .fsm import (
     Trigger,
 )
 from .hosts import AttachedRanks
+from .launchers import SshRanks
 from .router import OutputRouter, RankMessage, RankResult, Sink
 from .spec import GroupSpec
 
@@ -39,6 +40,10 @@ ATTACHED_RANK_DIED = "rank {rank} (pid {pid} on {host}) died: {how}"
 ATTACHED = (
     "  engines: attached from {path}, not started by ddipp (%makedip --kill leaves them running; "
     "--restart forms the group again on the engines still registered)"
+)
+STARTED_OVER_SSH = (
+    "  engines on {host}: {count}, started by ddipp over ssh (ipyparallel's SSH launcher); "
+    "%makedip --kill stops them and removes their files there"
 )
 GROUP_BROKEN_ADVICE = "Use %makedip --restart for a fresh group, or %makedip --kill."
 CELL_TIMED_OUT = "%%dip: the cell ran past --timeout {timeout:g} s on the ranks"
@@ -108,6 +113,8 @@ class Status:
         lines = [f"group: {self.spec.describe()}"]
         if self.spec.attach is not None:
             lines.append(ATTACHED.format(path=self.spec.attach).strip())
+        for host, count in self.spec.hosts:
+            lines.append(STARTED_OVER_SSH.format(host=host, count=count).strip())
         return lines
 
     def render(self) -> str:
@@ -519,8 +526,10 @@ class DipSession:
 
 
 def ranks_for(spec: GroupSpec) -> RankCluster:
-    """The rank processes for `spec`: engines attached to, or a group started here."""
-    return AttachedRanks() if spec.attach is not None else IpyparallelRanks()
+    """The rank processes for `spec`: engines attached to, started over ssh, or started here."""
+    if spec.attach is not None:
+        return AttachedRanks()
+    return SshRanks() if spec.hosts else IpyparallelRanks()
 
 
 def _raise_launch_failure(error: BaseException, prefix: str) -> NoReturn:
@@ -595,6 +604,10 @@ def _pump(
                 except queue.Empty:
                     return True
         finished = run.finished_ranks()
+        if len(finished) < world_size and run.dead_ranks():
+            # Peers of a rank that is gone may wait for it in a collective: a lost host sends
+            # them no "connection closed". Cut them loose; the cell then ends now.
+            release(set(range(world_size)) - finished)
         failed_and_finished = router.failed_ranks & finished
         if failed_and_finished and len(finished) < world_size:
             # Others may just be finishing the same cell: give them a moment first.

@@ -32,6 +32,14 @@ UNKNOWN_BACKEND = "--backend {value!r} is not one of {choices}, nor device:backe
 )
 NCCL_ON_CPU = "--backend {value} needs GPU ranks; CPU ranks use gloo"
 GPUS_WHEN_ATTACHED = "--attach takes CPU ranks (gloo) on the engines it finds, not -g; -n N picks how many"
+BAD_HOSTS = (
+    "--hosts takes HOST:RANKS entries separated by commas (node1:2,node2:2; a bare HOST is one "
+    "rank; HOST may be user@host or an alias of your ssh config), not {value!r}"
+)
+REPEATED_HOST = "--hosts lists {host} twice: give each host once, with its number of ranks"
+HOSTS_WITH = "--hosts gives the ranks per host itself; it does not take {flag}"
+GPUS_ON_HOSTS = "--hosts starts CPU ranks (gloo) for now, not -g: give the ranks per host (node1:2,node2:2)"
+CONFIG_WITHOUT_HOSTS = "--config FILE configures the engines' launcher: it goes with --hosts"
 BAD_TIMEOUT = "--timeout must be a positive number of seconds, not {value!r}"
 GPU_NOTICE = (
     "ddipp: on GPU ranks, %dip --pull brings tensors to the CPU, and a collective that a failed "
@@ -57,6 +65,9 @@ class GroupSpec:
     timeout: float = DEFAULT_TIMEOUT_S
     verbose: bool = False
     attach: str | None = None
+    # Ranks per host started over SSH (`--hosts`), and the ipyparallel config file for them.
+    hosts: tuple[tuple[str, int], ...] = ()
+    config: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -71,6 +82,9 @@ class GroupSpec:
         if self.attach is not None:
             count = self.world_size or "every registered"
             where = f"{count} CPU rank(s) on engines attached from {self.attach}"
+        elif self.hosts:
+            per_host = ", ".join(f"{host}: {n}" for host, n in self.hosts)
+            where = f"{self.world_size} CPU rank(s) on {len(self.hosts)} host(s) over ssh ({per_host})"
         elif self.on_gpus:
             where = f"{self.world_size} GPU rank(s) on GPU {','.join(map(str, self.devices))}"
         else:
@@ -94,15 +108,28 @@ def plan_group(
     verbose: bool = False,
     visible_gpus: Callable[[], int] = cuda_device_count,
     attach: str | None = None,
+    hosts: str | None = None,
+    config: str | None = None,
 ) -> tuple[GroupSpec, list[str]]:
     """Resolve `%makedip` flags into a spec plus notices for the user; raise `SpecError`."""
     notices: list[str] = []
     if gpus is not None and n is not None:
         raise SpecError(GPUS_AND_CPUS)
-    if attach is not None:
+    if config is not None and hosts is None:
+        raise SpecError(CONFIG_WITHOUT_HOSTS)
+    per_host: tuple[tuple[str, int], ...] = ()
+    if hosts is not None:
+        if gpus is not None:
+            raise SpecError(GPUS_ON_HOSTS)
+        for flag, value in (("-n", n), ("--attach", attach)):
+            if value is not None:
+                raise SpecError(HOSTS_WITH.format(flag=flag))
+        per_host = parse_hosts(hosts)
+        devices: tuple[int | None, ...] = (None,) * sum(count for _, count in per_host)
+    elif attach is not None:
         if gpus is not None:
             raise SpecError(GPUS_WHEN_ATTACHED)
-        devices: tuple[int | None, ...] = (None,) * _rank_count(n) if n is not None else ()
+        devices = (None,) * _rank_count(n) if n is not None else ()
     elif n is not None:
         devices = (None,) * _rank_count(n)
     else:
@@ -111,7 +138,7 @@ def plan_group(
     app_name = app if app is not None else default_app()
     get_app(app_name)
     seconds = _seconds(timeout) if timeout is not None else DEFAULT_TIMEOUT_S
-    spec = GroupSpec(devices, backend, app_name, seconds, bool(verbose), attach)
+    spec = GroupSpec(devices, backend, app_name, seconds, bool(verbose), attach, per_host, config)
     if spec.on_gpus:
         notices.append(GPU_NOTICE.format(timeout=seconds))
     return spec, notices
@@ -128,6 +155,19 @@ def resolve_backend(value: str | None, on_gpus: bool) -> str:
     if not on_gpus and any(name == "nccl" for _, _, name in pairs):
         raise SpecError(NCCL_ON_CPU.format(value=value))
     return value
+
+
+def parse_hosts(value: str) -> tuple[tuple[str, int], ...]:
+    """`node1:2,node2:2` as ((host, ranks), ...), in the order given; a bare host is one rank."""
+    entries = []
+    for entry in value.strip().strip("'\"").split(","):
+        host, _, count = entry.strip().rpartition(":") if ":" in entry else (entry.strip(), "", "1")
+        if not host or any(c.isspace() for c in host) or not count.isdigit() or int(count) < 1:
+            raise SpecError(BAD_HOSTS.format(value=value))
+        if host in (known for known, _ in entries):
+            raise SpecError(REPEATED_HOST.format(host=host))
+        entries.append((host, int(count)))
+    return tuple(entries)
 
 
 def parse_gpu_list(value: str) -> tuple[int, ...]:

@@ -63,6 +63,9 @@ class FakeCellRun:
     def finished_ranks(self) -> set[int]:
         return set(range(self.world_size))
 
+    def dead_ranks(self) -> set[int]:
+        return set()
+
     def __init__(self, world_size: int) -> None:
         self.world_size = world_size
 

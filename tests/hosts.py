@@ -47,10 +47,48 @@ while True:
 """
 
 
+SSHD = "/usr/sbin/sshd"
+NO_SSHD = (
+    "the SSH tests need OpenSSH's server ({sshd}) and client (ssh, ssh-keygen): "
+    "`make` installs them as root (apt-get install openssh-server openssh-client)"
+)
+# One sshd per host, on its own address: key-only, for this run's key, no PAM.
+SSHD_CONFIG = """
+ListenAddress {address}
+HostKey {host_key}
+AuthorizedKeysFile {authorized}
+PidFile none
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+Subsystem sftp /usr/lib/openssh/sftp-server
+"""
+
+
+SSH_HOST = "Host {alias}\n    HostName {address}\n"
+SSH_DEFAULTS = """Host *
+    User root
+    IdentityFile {key}
+    IdentitiesOnly yes
+    UserKnownHostsFile {known_hosts}
+    StrictHostKeyChecking accept-new
+    LogLevel ERROR
+"""
+
+
 def missing_requirement() -> str | None:
     """Why simulated hosts cannot be built here, or None."""
     if os.geteuid() != 0 or any(shutil.which(tool) is None for tool in TOOLS):
         return NEEDS_ROOT.format(tools=", ".join(TOOLS))
+    return None
+
+
+def missing_sshd() -> str | None:
+    """Why sshd cannot run in the simulated hosts here, or None."""
+    if not os.path.exists(SSHD) or any(shutil.which(tool) is None for tool in ("ssh", "ssh-keygen")):
+        return NO_SSHD.format(sshd=SSHD)
     return None
 
 
@@ -91,6 +129,21 @@ class Host:
         """Start `count` ipyparallel engines here, by hand, for the controller of `engine_file`."""
         for _ in range(count):
             self.start([sys.executable, "-m", "ipyparallel.engine", f"--file={engine_file}"], env)
+
+    def start_sshd(self, folder: str, authorized: str) -> None:
+        """An SSH server on this host's address that accepts the key in `authorized`."""
+        host_key = os.path.join(folder, f"host-key-{self.name}")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key], check=True)
+        config = os.path.join(folder, f"sshd-{self.name}.conf")
+        with open(config, "w") as file:
+            file.write(SSHD_CONFIG.format(address=self.address, host_key=host_key, authorized=authorized))
+        self.run(["mkdir", "-p", "/run/sshd"])  # its privilege separation folder, in this host's /run
+        self.start([SSHD, "-D", "-e", "-f", config], os.environ)
+        deadline = time.monotonic() + READY_S
+        while 22 not in _listening_ports(self):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sshd did not start on {self.name}")
+            time.sleep(0.05)
 
     def stop_engines(self) -> list[psutil.Process]:
         """End every process inside this host; those that outlived SIGTERM and then SIGKILL."""
@@ -161,6 +214,10 @@ class SimulatedHosts:
         init_pid = _reaper_pid(init.pid)
         return Host(name, address, namespace, init, init_pid)
 
+    def link_of(self, host: Host) -> str:
+        """The bridge's end of `host`'s link: setting it down cuts the host off (a partition)."""
+        return f"dvo{self.suffix}{self.hosts.index(host)}"
+
     def close(self) -> None:
         """End every process in the hosts, then remove their namespaces and links."""
         for host in self.hosts:
@@ -182,6 +239,42 @@ class SimulatedHosts:
         listed = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         listed += subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         return sorted({word.split("@")[0].rstrip(":") for word in listed.split() if self.suffix in word})
+
+
+class SshAccess:
+    """sshd in every host, a key for this run, and an ssh config naming each host by an alias
+    (nothing of the user's own ssh configuration is read or changed)."""
+
+    def __init__(self, hosts: SimulatedHosts) -> None:
+        self.folder = hosts._folder
+        self.key = os.path.join(self.folder, "client-key")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.key], check=True)
+        authorized = os.path.join(self.folder, "authorized_keys")
+        shutil.copy(self.key + ".pub", authorized)
+        self.aliases = {host.name: f"node-{host.name}" for host in hosts.hosts}
+        self.ssh_config = os.path.join(self.folder, "ssh_config")
+        with open(self.ssh_config, "w") as file:
+            for host in hosts.hosts:
+                file.write(SSH_HOST.format(alias=self.aliases[host.name], address=host.address))
+            file.write(
+                SSH_DEFAULTS.format(key=self.key, known_hosts=os.path.join(self.folder, "known_hosts"))
+            )
+        for host in hosts.hosts:
+            host.start_sshd(self.folder, authorized)
+
+    def config_file(self, path: str) -> str:
+        """An ipyparallel config file (what `%makedip --config` takes) that uses this ssh config."""
+        options = ["-F", self.ssh_config]
+        with open(path, "w") as file:
+            file.write(f"c.SSHEngineSetLauncher.ssh_args = {options!r}\n")
+            file.write(f"c.SSHEngineSetLauncher.scp_args = {options!r}\n")
+        return path
+
+
+def _listening_ports(host: Host) -> set[int]:
+    """TCP ports listening inside `host` (its own network namespace)."""
+    lines = host.run(["ss", "-Hltn"]).splitlines()
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in lines}
 
 
 def _ip(*argv: str) -> None:

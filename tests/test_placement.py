@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from torch.distributed.distributed_c10d import BackendConfig
 
-from ddipp.hosts import ranks_by_host, take_ranks
+from ddipp.hosts import order_hosts, ranks_by_host, take_ranks
 from ddipp.placement import place_host, place_hosts
 from ddipp.spec import SpecError, plan_group
 
@@ -188,6 +188,41 @@ def test_engines_are_taken_host_by_host_in_the_order_their_hosts_first_appear():
     assert groups == [[0, 2], [1, 3], [4]]
     assert take_ranks(groups, 3) == [[0, 2], [1]]
     assert take_ranks(groups, None) == groups
+
+
+def test_engines_started_over_ssh_follow_the_order_of_hosts_whatever_order_they_registered_in():
+    # Engine ids come in registration order: here host "b" (second in --hosts) came first.
+    seen = [{"host": h, "host_index": i} for h, i in [("b", "1"), ("a", "0"), ("b", "1"), ("a", "0")]]
+    assert order_hosts(seen) == [[1, 3], [0, 2]]
+    attached = [{"host": h, "host_index": None} for h in ("b", "a", "b")]
+    assert order_hosts(attached) == [[0, 2], [1]]
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [("node1:2,node2:2", (("node1", 2), ("node2", 2))), ("me@a, b:3", (("me@a", 1), ("b", 3)))],
+)
+def test_hosts_gives_ranks_per_host_in_the_order_given(flag, expected):
+    spec, _ = plan_group(hosts=flag, app="torch", visible_gpus=gpus(0))
+    assert spec.hosts == expected
+    assert spec.world_size == sum(n for _, n in expected) and spec.backend == "gloo"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"hosts": "a:0"}, "--hosts takes HOST:RANKS entries"),
+        ({"hosts": "a:x,b"}, "--hosts takes HOST:RANKS entries"),
+        ({"hosts": "a:1,a:2"}, "--hosts lists a twice"),
+        ({"hosts": "a:1", "n": 2}, "--hosts gives the ranks per host itself; it does not take -n"),
+        ({"hosts": "a:1", "attach": "c.json"}, "it does not take --attach"),
+        ({"hosts": "a:1", "gpus": "all"}, "--hosts starts CPU ranks"),
+        ({"config": "ipcluster_config.py"}, "--config FILE configures the engines' launcher"),
+    ],
+)
+def test_bad_hosts_flags_are_refused_before_anything_starts(flags, message):
+    with pytest.raises(SpecError, match=message):
+        plan_group(app="torch", visible_gpus=gpus(0), **flags)
 
 
 def test_attach_takes_cpu_ranks_only_and_counts_them_once_formed():

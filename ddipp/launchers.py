@@ -1,0 +1,193 @@
+"""Ranks on engines that ddipp starts on other hosts, with ipyparallel's own launchers.
+
+`%makedip --hosts node1:2,node2:2` starts a controller here, listening only on the address this
+machine reaches the first host from, and the engines over SSH with ipyparallel's
+`SSHEngineSetLauncher` (ssh options, keys and the remote python from the user's ssh config and
+an ipyparallel config file, `--config FILE`). From then on the group is run as an attached one
+(`ddipp.hosts`): ranks ordered host by host in the order given, liveness from registration,
+interrupts through the engines' nannies. What ddipp started it stops at `--kill`, and it
+removes what it wrote on every host.
+
+Off this machine ipyparallel's traffic is encrypted (CurveZMQ). Nothing ties an engine on
+another host to the notebook kernel's life but the controller's heartbeat: the engines end
+themselves after `ENGINE_HEARTBEAT_MISSES` missed beats, and the controller here runs under
+`ddipp.guard`, so a kernel that is killed leaves nothing behind on any host (within seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+
+from .cluster import CONTROLLER_ARGS, _guarded, own_logger
+from .errors import LaunchFailed
+from .hosts import AttachedRanks
+from .rank import HOST_INDEX, route_to
+from .spec import GroupSpec
+
+# An engine whose controller is gone ends itself after this many missed heartbeats, each
+# (the controller's period + 0.5 s) apart: about 3 s here (ipyparallel's default is 50: ~51 s).
+ENGINE_HEARTBEAT_MISSES = 3
+ENGINE_ARGS = [f"--IPEngine.max_heartbeat_misses={ENGINE_HEARTBEAT_MISSES}"]
+# CurveZMQ for every connection to the controller. Enabled alone, ipyparallel drops the
+# messages' signing key (and CurveZMQ accepts any client that knows the controller's public
+# key): ddipp keeps a key, set with it in a private config file (not on the command line,
+# which every user can read).
+CONTROLLER_CONFIG = "c.Session.key = {key!r}\nc.IPController.enable_curve = True\n"
+# After the user's own ssh options (ssh takes the first value of an option it is given).
+CONNECT_S = 10
+SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_S}"]
+# What ssh resolves a host to (`ssh -G`), and how long that may take.
+RESOLVE_S = 10.0
+
+BAD_CONFIG = "--config {path}: not an ipyparallel config file ({error})"
+UNRESOLVED = "--hosts: ssh cannot resolve {host!r} ({error}); check the name or your ssh config"
+NOT_STARTED = "--hosts: the engines did not start over ssh on {hosts}: {error}"
+
+
+def load_config(path: str | None):
+    """The traitlets config in `path` (a `.py` or `.json` ipyparallel config file), or an empty one."""
+    from traitlets.config import Config
+    from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+
+    if path is None:
+        return Config()
+    folder, name = os.path.split(os.path.abspath(os.path.expanduser(path)))
+    loader_class = JSONFileConfigLoader if name.endswith(".json") else PyFileConfigLoader
+    try:
+        return loader_class(name, path=folder).load_config()
+    except Exception as error:
+        raise LaunchFailed(BAD_CONFIG.format(path=path, error=error)) from error
+
+
+def ssh_address(host: str, ssh_args: list[str]) -> str:
+    """The address ssh connects to for `host` (its config's `HostName`, aliases resolved)."""
+    import socket
+
+    destination = host.rpartition("@")[2]
+    try:
+        found = subprocess.run(
+            ["ssh", "-G", *ssh_args, destination],
+            capture_output=True,
+            text=True,
+            timeout=RESOLVE_S,
+            check=True,
+        ).stdout
+        name = next(line.split()[1] for line in found.splitlines() if line.startswith("hostname "))
+        return socket.getaddrinfo(name, None, socket.AF_INET)[0][4][0]
+    except Exception as error:
+        detail = getattr(error, "stderr", "") or error
+        raise LaunchFailed(UNRESOLVED.format(host=host, error=str(detail).strip())) from None
+
+
+def _indexed_launchers():
+    """ipyparallel's SSH engine launchers, each engine told which `--hosts` entry it is on."""
+    from ipyparallel.cluster.launcher import SSHEngineLauncher, SSHEngineSetLauncher
+    from traitlets import Unicode
+
+    class IndexedSSHEngineLauncher(SSHEngineLauncher):
+        host_index = Unicode("", config=True, help="the engine's host among --hosts (ddipp)")
+
+        def get_env(self):
+            return dict(super().get_env(), **{HOST_INDEX: self.host_index})
+
+    class IndexedSSHEngineSetLauncher(SSHEngineSetLauncher):
+        launcher_class = IndexedSSHEngineLauncher
+
+    return IndexedSSHEngineSetLauncher
+
+
+def remote_folder(profile_dir: str, cluster_id: str, index: int) -> str:
+    """Where host `index` keeps this group's files: a folder of its own (hosts may share a home),
+    relative to the remote home when the local one holds it (as ipyparallel's default)."""
+    folder = os.path.join(profile_dir, "ddipp-hosts", f"{cluster_id}-host{index}")
+    home = os.path.expanduser("~")
+    return os.path.relpath(folder, home) if folder.startswith(home + os.sep) else folder
+
+
+class SshRanks(AttachedRanks):
+    """A group on engines that ddipp starts over SSH, one set per host; stopped at the end."""
+
+    launcher_name = "ssh"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._remote_folders: list[tuple[object, str]] = []
+
+    def _launch(self, spec: GroupSpec) -> None:
+        import ipyparallel as ipp
+
+        config = load_config(spec.config)
+        launcher = config.SSHEngineSetLauncher
+        if "remote_python" not in launcher:  # the same environment, as on a shared filesystem
+            launcher.remote_python = sys.executable
+        # A notebook cannot answer a password prompt, and an unreachable host must not hang it.
+        for name in ("ssh_args", "scp_args"):
+            launcher[name] = [*launcher.get(name, []), *SSH_OPTIONS]
+        ssh_args = launcher.ssh_args
+        addresses = [ssh_address(host, ssh_args) for host, _ in spec.hosts]
+        controller_ip = config.Cluster.get("controller_ip") or route_to(addresses[0])[0]
+        cluster_id = f"ddipp-{uuid.uuid4().hex[:10]}"
+        profile_dir = ipp.Cluster(log=own_logger(), load_profile=False).profile_dir
+        launcher.engines = {
+            host: {"n": count, "host_index": str(index), "to_send": [],
+                   "remote_profile_dir": remote_folder(profile_dir, cluster_id, index)}
+            for index, (host, count) in enumerate(spec.hosts)
+        }  # fmt: skip
+        launcher.engine_args = [*launcher.get("engine_args", []), *ENGINE_ARGS]
+        self._rendezvous_dir = tempfile.mkdtemp(prefix="ddipp-controller-")  # 0700, removed at stop
+        private = os.path.join(self._rendezvous_dir, "controller.py")
+        with open(os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+            file.write(CONTROLLER_CONFIG.format(key=uuid.uuid4().hex.encode()))
+        cluster = self._cluster = ipp.Cluster(
+            n=spec.world_size,
+            cluster_id=cluster_id,
+            profile_dir=profile_dir,
+            controller_ip=controller_ip,
+            controller_args=[*CONTROLLER_ARGS, f"--config={private}"],
+            engine_launcher_class=_indexed_launchers(),
+            delay=0,
+            engine_timeout=int(spec.timeout),
+            log=own_logger(),
+            shutdown_atexit=False,
+            load_profile=False,
+            config=config,
+        )
+        cluster.start_controller_sync(controller_cmd=_guarded("ipyparallel.controller"))
+        self._adopt(cluster.controller.process.pid)
+        try:
+            cluster.start_engines_sync()
+        except Exception as error:
+            hosts = ", ".join(host for host, _ in spec.hosts)
+            raise LaunchFailed(NOT_STARTED.format(hosts=hosts, error=error)) from error
+        finally:
+            self._note_remote_folders()
+        self._adopt_engines(cluster.connect_client_sync(), spec.world_size, spec.timeout, "--hosts")
+
+    def _note_remote_folders(self) -> None:
+        """One launcher per host, with the folder it wrote there (removed at the end)."""
+        seen = set()
+        for engine_set in self._cluster.engines.values():
+            for launcher in engine_set.launchers.values():
+                if launcher.hostname not in seen:
+                    seen.add(launcher.hostname)
+                    self._remote_folders.append((launcher, launcher.remote_profile_dir))
+
+    def pids(self) -> frozenset[int]:
+        return frozenset(process.pid for process in self._family())  # the controller, here
+
+    def stop(self) -> None:
+        """Leave the group, stop the engines on every host and the controller, remove the files."""
+        super().stop()  # leaves the group and disconnects
+        self._stop_local()  # ipyparallel stops the engines over ssh, then the controller
+        for launcher, folder in self._remote_folders:
+            try:
+                launcher.ssh_sender.check_output_python_code(
+                    f"import shutil; shutil.rmtree({folder!r}, ignore_errors=True)"
+                )
+            except Exception:
+                pass  # an unreachable host: what is left there names a controller that is gone
+        self._remote_folders = []

@@ -1,0 +1,199 @@
+"""`%makedip --hosts`: engines started over ssh (ipyparallel's SSH launcher) on simulated hosts,
+each with its own sshd (namespaces, as root; OpenSSH from `make`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from ddipp.errors import GroupFailed, InvalidSequence
+from ddipp.fsm import State
+
+pytestmark = pytest.mark.multihost
+
+# Bounds a test waits for; each is a guard against a hang, well above what is measured.
+GONE_S = 15.0  # engines end within ENGINE_HEARTBEAT_MISSES x ~1 s of their controller
+CELL_S = 30.0
+CONTRACT = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "MASTER_ADDR",
+)
+
+
+@pytest.fixture
+def ssh_hosts(simulated_hosts, tmp_path):
+    """The simulated hosts with sshd each, and an ipyparallel config file to reach them."""
+    from tests.hosts import SshAccess, missing_sshd
+
+    reason = missing_sshd()
+    if reason is not None:
+        pytest.skip(reason)
+    access = SshAccess(simulated_hosts)
+    # What runs in the hosts before ddipp starts anything there (each host's sshd).
+    before = {host.name: {p.pid for p in host.processes()} for host in simulated_hosts.hosts}
+    access.config = access.config_file(str(tmp_path / "ipcluster_config.py"))
+    yield simulated_hosts, access
+    for host in simulated_hosts.hosts:
+        assert [p for p in host.processes() if p.pid not in before[host.name]] == []
+
+
+@pytest.fixture
+def notebook():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from ddipp.magics import DipMagics
+    from ddipp.session import DipSession
+
+    shell = InteractiveShell.instance()
+    session = DipSession()
+    shell.register_magics(DipMagics(shell, session))
+    yield shell, session
+    session.shutdown()
+    assert session.cluster is None or session.cluster.pids() == frozenset()
+
+
+def hosts_flag(hosts, access, counts) -> str:
+    return ",".join(f"{access.aliases[h.name]}:{n}" for h, n in zip(hosts.hosts, counts, strict=True))
+
+
+def new_engines(hosts, before) -> dict[str, list[psutil.Process]]:
+    """Per host, the processes started there since `before` (pids per host)."""
+    return {h.name: [p for p in h.processes() if p.pid not in before[h.name]] for h in hosts.hosts}
+
+
+def test_hosts_starts_engines_over_ssh_in_host_order_and_kill_leaves_nothing_on_any_host(
+    ssh_hosts, notebook, capsys
+):
+    hosts, access = ssh_hosts
+    shell, session = notebook
+    before = {h.name: {p.pid for p in h.processes()} for h in hosts.hosts}
+    # The second host first, with two ranks: rank 0 and LOCAL_RANK follow --hosts, not ids.
+    ordered = [hosts.hosts[1], hosts.hosts[0]]
+    flag = ",".join(f"{access.aliases[h.name]}:{n}" for h, n in zip(ordered, (2, 1), strict=True))
+    shell.run_line_magic("makedip", f"--hosts {flag} --config {access.config} -a torch")
+    assert session.state is State.PATCHED
+    started = new_engines(hosts, before)
+    assert all(started[h.name] for h in hosts.hosts)
+    shell.user_ns["names"] = CONTRACT
+    shell.run_line_magic("dip", "--push names")
+    capsys.readouterr()
+    shell.run_cell_magic(
+        "dip",
+        "",
+        "import os, socket\nt = torch.tensor([float(dist.get_rank() + 1)])\ndist.all_reduce(t)\n"
+        "seen = dict({n: os.environ.get(n) for n in names}, host=socket.gethostname(), total=t.item())\n",
+    )
+    seen = []
+    for rank in range(3):
+        shell.run_line_magic("dip", f"--pull seen --rank {rank}")
+        seen.append(shell.user_ns["seen"])
+    names = [h.name for h in ordered]
+    assert [entry["host"] for entry in seen] == [names[0], names[0], names[1]]
+    assert [entry["total"] for entry in seen] == [6.0] * 3
+    assert [
+        (entry["RANK"], entry["LOCAL_RANK"], entry["LOCAL_WORLD_SIZE"], entry["GROUP_RANK"]) for entry in seen
+    ] == [
+        ("0", "0", "2", "0"),
+        ("1", "1", "2", "0"),
+        ("2", "0", "1", "1"),
+    ]
+    assert {entry["MASTER_ADDR"] for entry in seen} == {ordered[0].address}
+    # The controller listens on the bridge only; its messages are signed and encrypted.
+    with open(session.cluster._cluster.controller.connection_files["engine"]) as file:
+        connection = json.load(file)
+    assert connection["interface"] == f"tcp://{hosts.bridge_address}"
+    assert connection["curve_serverkey"] and connection["key"] and connection["signature_scheme"]
+    capsys.readouterr()
+    shell.run_line_magic("dipstatus", "")
+    status = capsys.readouterr().out
+    for host, count in zip(ordered, (2, 1), strict=True):
+        assert f"engines on {access.aliases[host.name]}: {count}, started by ddipp over ssh" in status
+    folders = [folder for _, folder in session.cluster._remote_folders]
+    home = os.path.expanduser("~")
+    assert len(folders) == 2 and all(os.path.isdir(os.path.join(home, folder)) for folder in folders)
+    controller = session.cluster.pids()
+    assert controller
+    shell.run_line_magic("makedip", "--kill")
+    assert session.state is State.IDLE
+    assert [pid for pid in controller if psutil.pid_exists(pid)] == []
+    assert [folder for folder in folders if os.path.exists(os.path.join(home, folder))] == []
+    # The fixture checks that nothing ddipp started is left in either host.
+
+
+def test_a_killed_kernel_leaves_no_engine_on_any_host(ssh_hosts):
+    hosts, access = ssh_hosts
+    before = {h.name: {p.pid for p in h.processes()} for h in hosts.hosts}
+    flag = hosts_flag(hosts, access, (1, 1))
+    # A notebook kernel stand-in: IPython with ddipp, a group over ssh, then SIGKILL.
+    script = textwrap.dedent(
+        f"""
+        from IPython.core.interactiveshell import InteractiveShell
+        shell = InteractiveShell.instance()
+        shell.run_line_magic("load_ext", "ddipp")
+        shell.run_line_magic("makedip", "--hosts {flag} --config {access.config} -a none")
+        print("ready", flush=True)
+        import time
+        time.sleep(600)
+        """
+    )
+    kernel = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert kernel.stdout.readline().strip() == "ready"
+        started = new_engines(hosts, before)
+        assert all(started.values())
+        local = psutil.Process(kernel.pid).children(recursive=True)
+        kernel.kill()
+        killed = time.monotonic()
+        kernel.wait()
+        gone = psutil.wait_procs([p for ps in started.values() for p in ps] + local, timeout=GONE_S)[1]
+        assert gone == []
+        print(
+            f"every engine on both hosts ended {time.monotonic() - killed:.1f} s after the kernel's SIGKILL"
+        )
+    finally:
+        if kernel.poll() is None:
+            kernel.kill()
+        kernel.stdout.close()
+
+
+def test_a_partitioned_host_fails_the_cell_before_the_collective_timeout_and_restart_works(
+    ssh_hosts, notebook, capsys
+):
+    hosts, access = ssh_hosts
+    shell, session = notebook
+    shell.run_line_magic(
+        "makedip", f"--hosts {hosts_flag(hosts, access, (1, 1))} --config {access.config} -a torch -t 60"
+    )
+    lost = hosts.hosts[1]
+    link = hosts.link_of(lost)
+    began = time.monotonic()
+    try:
+        subprocess.run(["ip", "link", "set", link, "down"], check=True)
+        with pytest.raises((GroupFailed, InvalidSequence), match=f"rank 1 .* on {lost.name}"):
+            shell.run_cell_magic(
+                "dip",
+                "",
+                "import time\nfor _ in range(600):\n    dist.all_reduce(torch.ones(1))\n    time.sleep(0.1)",
+            )
+        noticed = time.monotonic() - began
+        assert noticed < CELL_S  # the collective timeout is 60 s
+    finally:
+        subprocess.run(["ip", "link", "set", link, "up"], check=True)
+    assert session.state is State.FAILED
+    shell.run_line_magic("makedip", "--restart")
+    capsys.readouterr()
+    shell.run_cell_magic("dip", "", "t = torch.ones(1)\ndist.all_reduce(t)\nprint(t.item())")
+    assert capsys.readouterr().out == "2.0\n"
+    print(f"the partition failed the cell after {noticed:.1f} s")
