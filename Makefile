@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 VENV1 := .venv-fastai1
 INSTALLED1 := $(VENV1)/.installed
 
-.PHONY: demo test lint docs docs-images chromium bench clean gpu-wheels gpu-check gpu-rehearsal
+.PHONY: demo test lint docs docs-images system-packages bench clean gpu-wheels gpu-check gpu-rehearsal
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ demo: $(INSTALLED)
 ## test: lint, then every test tier (unit, fuzzer, real CPU ranks, notebooks through nbclient,
 ## notebooks through JupyterLab in chromium, engines on simulated hosts), then the fastai tests
 ## again in the fastai 1 environment (those of fastai 2 skip there)
-test: $(INSTALLED) $(INSTALLED1) lint chromium
+test: $(INSTALLED) $(INSTALLED1) lint system-packages
 	$(PY) -m pytest --run-slow --run-notebooks --run-browser --run-multihost
 	$(VENV1)/bin/python -m pytest --run-slow --run-notebooks -m fastai
 
@@ -40,15 +40,20 @@ docs: $(INSTALLED)
 	$(PY) -m ddipp.fsm.diagram > docs/states.md
 
 ## docs-images: the browser tests' screenshots -> docs/images (README and docs/guide.md show them)
-docs-images: $(INSTALLED) chromium
+docs-images: $(INSTALLED) system-packages
 	$(PY) -m pytest --run-browser --screenshots docs/images tests/test_browser.py
 
-## chromium: Debian's package for the browser tier, installed when run as root; else that tier skips
-chromium:
-	@if command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ]; then :; \
+## system-packages: Debian's packages for the browser tier (chromium) and the ssh tests
+## (OpenSSH), installed when run as root; else the tests that need them skip, saying so
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	{ command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; } || missing="$$missing openssh-client"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	else echo "chromium is not installed: the browser tests will skip (apt-get install chromium)"; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "not installed:$$missing (apt-get install$$missing); the tests that need them will skip"; fi
 
 clean:
 	rm -rf $(VENV) $(VENV1) examples/demo.executed.ipynb .pytest_cache .hypothesis

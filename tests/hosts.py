@@ -50,7 +50,7 @@ while True:
 SSHD = "/usr/sbin/sshd"
 NO_SSHD = (
     "the SSH tests need OpenSSH's server ({sshd}) and client (ssh, ssh-keygen): "
-    "`make` installs them as root (apt-get install openssh-server openssh-client)"
+    "`make test` installs them when run as root (apt-get install openssh-server openssh-client)"
 )
 # One sshd per host, on its own address: key-only, for this run's key, no PAM.
 SSHD_CONFIG = """

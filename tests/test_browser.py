@@ -25,7 +25,7 @@ from tests.processes import TAG_VARIABLE, tagged_processes
 
 pytestmark = pytest.mark.browser
 
-NEEDS_CHROMIUM = "needs chromium: apt-get install chromium (make test installs it when run as root)"
+NEEDS_CHROMIUM = "needs chromium: apt-get install chromium (`make test` installs it when run as root)"
 NEEDS_EXTRA = "needs JupyterLab and Playwright: pip install -e '.[browser]' (make test installs them)"
 NEEDS_FASTAI2 = "needs fastai 2.x (found {found}): it runs in .venv"
 # Everything a notebook's kernel started must be gone this long after the kernel shuts down.
