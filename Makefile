@@ -44,7 +44,9 @@ docs-images: $(INSTALLED) system-packages
 	$(PY) -m pytest --run-browser --screenshots docs/images tests/test_browser.py
 
 ## system-packages: Debian's packages for the browser tier (chromium) and the ssh tests
-## (OpenSSH), installed when run as root; else the tests that need them skip, saying so
+## (OpenSSH), installed when run as root; else the tests that need them skip, saying so. The
+## tests run sshd in their own namespaces: an ssh service that systemd would start for the new
+## package is disabled again (none ran before: the package was missing)
 system-packages:
 	@missing=""; \
 	command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ] || missing="$$missing chromium"; \
@@ -53,6 +55,8 @@ system-packages:
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		case "$$missing" in *openssh-server*) if [ -d /run/systemd/system ]; then \
+			systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true; fi;; esac; \
 	else echo "not installed:$$missing (apt-get install$$missing); the tests that need them will skip"; fi
 
 clean:

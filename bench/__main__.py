@@ -1,6 +1,7 @@
 """Run every benchmark on 2 CPU ranks, print a table of ratios, write bench/results.json.
 
-    python -m bench [--only dispatch,startup,train,stream,faults,push,scaling,fastai,parity] [--runs 100]
+    python -m bench [--only dispatch,startup,train,gap,hosts,stream,faults,push,scaling,fastai,parity]
+                    [--runs 100]
 
 Each figure is measured against its peer in the same run, on the same machine: a notebook
 client (jupyter_client) drives a real kernel, as Jupyter does.
@@ -13,7 +14,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +21,9 @@ from pathlib import Path
 
 import psutil
 
+from bench.common import kernel_env, ok, result_line, run_module, spread
+from bench.hosts import bench_hosts
+from bench.train_gap import bench_gap
 from ddipp.notebooks import CellMessages, KernelSession
 
 HERE = Path(__file__).resolve().parent
@@ -28,7 +31,9 @@ ROOT = HERE.parent
 RESULTS = HERE / "results.json"
 STREAM_LINES = 10_000
 STREAM_REPEATS = 7
-TRAIN_REPEATS = 5
+ALL = "dispatch,startup,train,gap,hosts,stream,faults,push,scaling,fastai,parity"
+TRAIN_REPEATS = 9
+TRAIN_CELL = "%%dip\nimport json\nfrom bench.workload import train\nprint('RESULT ' + json.dumps(train()))"
 STARTUP_REPEATS = 3
 PUSH_REPEATS = 5
 SCALING_RANKS = (1, 2, 4, 8)
@@ -73,19 +78,6 @@ PX_ON_DDIPP_ENGINES = (
     "px_view = get_ipython()._ddipp_session[0].cluster._client[:]\npx_view.block = True\npx_view.activate()"
 )
 PLAIN_STOP = "rc.close()\ncluster.stop_cluster_sync()"
-
-
-def kernel_env(ipython_dir: str) -> dict[str, str]:
-    env = dict(os.environ, IPYTHONDIR=ipython_dir, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def ok(cell: CellMessages) -> CellMessages:
-    if cell.status != "ok":
-        content = cell.reply["content"]
-        raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}\n{cell.text()}")
-    return cell
 
 
 def summary(samples: list[float]) -> dict:
@@ -135,23 +127,26 @@ def bench_startup(env: dict) -> dict:
 
 
 def bench_train(env: dict) -> dict:
-    """The same training loop: DDP via %%dip, under torchrun --nproc-per-node 2, one process
-    (median of TRAIN_REPEATS runs each, the contenders interleaved)."""
-    samples: dict[str, list[float]] = {"ddipp_2": [], "torchrun_2": [], "single_1": []}
+    """The same training loop: DDP via %%dip, under torchrun --nproc-per-node 2, one process with
+    1 thread and with every core (median of TRAIN_REPEATS runs each, the contenders interleaved;
+    with each contender's range and the per-round ratio ddipp / torchrun)."""
+    samples: dict[str, list[dict]] = {"ddipp_2": [], "torchrun_2": [], "single_1": [], "single_all": []}
+    cores = str(os.cpu_count() or 1)
     with KernelSession(env) as kernel:
         ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch"))
-        for _ in range(TRAIN_REPEATS):
-            cell = ok(
-                kernel.run(
-                    "%%dip\nimport json\nfrom bench.workload import train\n"
-                    "print('RESULT ' + json.dumps(train()))"
-                )
-            )
-            samples["ddipp_2"].append(_result_line(cell.text())["samples_per_s"])
-            samples["torchrun_2"].append(_run_module(env, "bench.workload", ranks=2)["samples_per_s"])
-            samples["single_1"].append(_run_module(env, "bench.workload")["samples_per_s"])
+        runs = {
+            "ddipp_2": lambda: result_line(ok(kernel.run(TRAIN_CELL)).text()),
+            "torchrun_2": lambda: run_module(env, "bench.workload", ranks=2),
+            "single_1": lambda: run_module(env, "bench.workload", "1"),
+            "single_all": lambda: run_module(env, "bench.workload", cores),
+        }
+        names = list(runs)
+        for round_ in range(TRAIN_REPEATS):
+            # Each round in another order, so that no contender always follows the same one.
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                samples[name].append(runs[name]())
         ok(kernel.run("%makedip --kill"))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return spread(samples, "ddipp_2", "torchrun_2")
 
 
 def bench_stream(env: dict) -> dict:
@@ -311,8 +306,8 @@ def bench_fastai(env: dict) -> dict:
         work = Path(folder)
         render_digits(work / "digits")
         runs = {
-            "single": _run_module(env, "bench.fastai_workload", str(work)),
-            "launcher": _run_module(env, "bench.fastai_workload", str(work), ranks=2),
+            "single": run_module(env, "bench.fastai_workload", str(work)),
+            "launcher": run_module(env, "bench.fastai_workload", str(work), ranks=2),
         }
         with KernelSession(env) as kernel:
             ok(kernel.run("%load_ext ddipp\n%makedip -n 2\n%autodip on"))
@@ -322,7 +317,7 @@ def bench_fastai(env: dict) -> dict:
                     f"print('RESULT ' + json.dumps(run_all(Path({str(work)!r}))))"
                 )
             )
-            runs["ddipp"] = _result_line(cell.text())
+            runs["ddipp"] = result_line(cell.text())
             ok(kernel.run("%makedip --kill"))
     return {
         "fastai_major": fastai_major(),
@@ -350,42 +345,10 @@ def bench_parity(env: dict) -> dict:
                     f"_ = measure(Path({str(work)!r}))"
                 )
             )
-            ddipp = _result_line(cell.text())
+            ddipp = result_line(cell.text())
             ok(kernel.run("%makedip --kill"))
-        single = _run_module(env, "bench.fastai_parity", str(work))
+        single = run_module(env, "bench.fastai_parity", str(work))
     return {"fastai_major": fastai_major(), "ddipp": ddipp, "single": single}
-
-
-def _run_module(env: dict, module: str, *args: str, ranks: int | None = None) -> dict:
-    """`python -m module args` alone, or on `ranks` processes under torchrun; rank 0's RESULT."""
-    launcher = (
-        []
-        if ranks is None
-        else [
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            str(ranks),
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(_free_port()),
-        ]
-    )
-    done = subprocess.run(
-        [sys.executable, *launcher, "-m", module, *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=True,
-    )
-    return _result_line(done.stdout)
-
-
-def _result_line(text: str) -> dict:
-    return json.loads(next(line for line in text.splitlines() if line.startswith("RESULT ")).split(" ", 1)[1])
 
 
 def _first_output(cell: CellMessages, needle: str) -> float:
@@ -396,14 +359,6 @@ def _first_output(cell: CellMessages, needle: str) -> float:
         if needle in text:
             return at
     raise AssertionError(f"{needle!r} never arrived")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def table(results: dict) -> str:
@@ -429,7 +384,32 @@ def table(results: dict) -> str:
     if "train_samples_per_s" in results:
         t = results["train_samples_per_s"]
         compared("training (samples/s)", t["ddipp_2"], t["torchrun_2"], "torchrun", ">= 0.97")
-        alone("  one process (samples/s)", t["single_1"])
+        if "ratio_median" in t:
+            low, high = t["ratio_iqr"]
+            alone(f"  ratio per round, median of {t['runs']}", t["ratio_median"], f"IQR {low:.3f}-{high:.3f}")
+        alone("  one process, 1 thread (samples/s)", t["single_1"])
+        if "single_all" in t:
+            alone("  one process, all cores (samples/s)", t["single_all"])
+    if "train_gap" in results:
+        g = results["train_gap"]
+        for name in g["cpu_s"]:
+            if name != "torchrun":
+                compared(f"  {name} (samples/s)", g[name], g["torchrun"], "torchrun")
+    if "hosts" in results and "startup_s" in results["hosts"]:
+        h = results["hosts"]
+        compared(
+            "2 hosts: start-up, attach (s)",
+            h["startup_s"]["attach"],
+            h["startup_s"]["attach_plain"],
+            "ipp by hand",
+        )
+        compared(
+            "2 hosts: start-up, ssh (s)",
+            h["startup_s"]["ssh"],
+            h["startup_s"]["ssh_plain"],
+            "ipp ssh by hand",
+        )
+        compared("2 hosts: dispatch (ms)", h["dispatch_ms"]["ddipp"], h["dispatch_ms"]["px"], "%%px")
     if "fastai" in results:
         f = results["fastai"]
         for key, label in (("fit_s", "tabular fit"), ("vision_fit_s", "vision fit")):
@@ -506,7 +486,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="dispatch,startup,train,stream,faults,push,scaling,fastai,parity")
+    parser.add_argument("--only", default=ALL)
     parser.add_argument("--runs", type=int, default=100, help="round trips per contender (dispatch)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file to update")
     args = parser.parse_args()
@@ -518,6 +498,8 @@ def main() -> int:
             "dispatch": ("dispatch_ms", lambda: bench_dispatch(env, args.runs)),
             "startup": ("startup_s", lambda: bench_startup(env)),
             "train": ("train_samples_per_s", lambda: bench_train(env)),
+            "gap": ("train_gap", lambda: bench_gap(env)),
+            "hosts": ("hosts", lambda: bench_hosts(env)),
             "stream": ("stream_s", lambda: bench_stream(env)),
             "faults": ("faults_s", lambda: bench_faults(env)),
             "push": ("push_s", lambda: bench_push(env)),

@@ -46,19 +46,29 @@ def train(steps: int = STEPS, batch: int = BATCH_PER_RANK) -> dict:
         return loss.item()
 
     run(5)  # warm-up, not timed
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     last_loss = run(steps)
     seconds = time.perf_counter() - began
-    return {"samples_per_s": steps * batch * world / seconds, "seconds": seconds, "loss": last_loss}
+    return {
+        "samples_per_s": steps * batch * world / seconds,
+        "seconds": seconds,
+        # CPU time of this process (every thread) over the timed steps: less noisy than time.
+        "cpu_s": time.process_time() - cpu_began,
+        "loss": last_loss,
+    }
 
 
 if __name__ == "__main__":  # alone, or every rank under torchrun: rank 0 prints the result
+    # python -m bench.workload [THREADS]: torch's intra-op threads (default 1, as each rank)
     import json
     import os
+    import sys
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    if "BENCH_SWITCH_INTERVAL" in os.environ:  # the GIL's switch interval, in seconds
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
     if "RANK" in os.environ:
         torch.distributed.init_process_group("gloo")
     result = train()

@@ -129,8 +129,18 @@ class RankCluster(Protocol):
     def pull(self, names: list[str], rank: int) -> list[Any]: ...
 
     def release(self, ranks: list[int]) -> None:
-        """Take `ranks` out of the process group so no peer waits for them."""
-        ...
+        from . import rank as rank_side
+
+        for rank in ranks:
+            engine_id = self._engine_ids[rank]
+            peer_pids, *across_hosts = self._abort_arguments(rank)
+            # At once, on the engine's control channel: served even while the rank's main
+            # thread is blocked in a collective (a peer that is gone). Not waited for.
+            content = {"peer_pids": peer_pids, "across_hosts": bool(across_hosts and across_hosts[0])}
+            self._client._send_control_request([engine_id], rank_side.RELEASE_REQUEST, content, block=False)
+            # Then, as soon as the rank's cell has ended, it leaves the group for good (NCCL
+            # communicators aborted too).
+            self._client[engine_id].apply_async(rank_side.abort_group, *self._abort_arguments(rank))
 
     def reform(self) -> None:
         """Form the process group again on every rank (same ranks, devices, backend)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from urllib.parse import urlparse
 
 from .cluster import (
@@ -38,7 +38,7 @@ ENGINES_BUSY = (
 )
 
 
-def ranks_by_host(hosts: Sequence[str]) -> list[list[int]]:
+def ranks_by_host(hosts: Sequence[Hashable]) -> list[list[int]]:
     """Indices of `hosts` (one host name per engine, in engine order) grouped by host: hosts in the
     order their first engine comes, engines of a host in their order."""
     grouped: dict[str, list[int]] = {}
@@ -51,7 +51,8 @@ def order_hosts(seen: Sequence[dict]) -> list[list[int]]:
     """Indices of the engines `seen` (`rank.describe_host`, in engine order) grouped by host:
     hosts in the order of their `host_index` where a launcher set one (`--hosts`), else in the
     order their first engine comes."""
-    groups = ranks_by_host([engine["host"] for engine in seen])
+    # A launcher's host index tells hosts apart even when two of them have the same name.
+    groups = ranks_by_host([(engine["host_index"], engine["host"]) for engine in seen])
     return sorted(groups, key=lambda group: int(seen[group[0]]["host_index"] or 0))
 
 

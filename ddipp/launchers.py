@@ -9,19 +9,25 @@ interrupts through the engines' nannies. What ddipp started it stops at `--kill`
 removes what it wrote on every host.
 
 Off this machine ipyparallel's traffic is encrypted (CurveZMQ). Nothing ties an engine on
-another host to the notebook kernel's life but the controller's heartbeat: the engines end
-themselves after `ENGINE_HEARTBEAT_MISSES` missed beats, and the controller here runs under
-`ddipp.guard`, so a kernel that is killed leaves nothing behind on any host (within seconds).
+another host to the notebook kernel's life but its controller, which runs here under
+`ddipp.guard`: the engines end themselves after `ENGINE_HEARTBEAT_MISSES` missed heartbeats
+(ipyparallel's check, while idle) or as many failed attempts to reach the controller
+(`rank.watch_controller`, also during a cell), so a kernel that is killed leaves nothing
+behind on any host, within seconds.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
+from urllib.parse import urlparse
 
+from . import rank as rank_side
 from .cluster import CONTROLLER_ARGS, _guarded, own_logger
 from .errors import LaunchFailed
 from .hosts import AttachedRanks
@@ -40,9 +46,13 @@ CONTROLLER_CONFIG = "c.Session.key = {key!r}\nc.IPController.enable_curve = True
 # After the user's own ssh options (ssh takes the first value of an option it is given).
 CONNECT_S = 10
 SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_S}"]
+SSH_OPTIONS += ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]  # a host that dies mid-call
 # What ssh resolves a host to (`ssh -G`), and how long that may take.
 RESOLVE_S = 10.0
 
+# How long removing a host's folder over ssh may take.
+REMOVE_S = 30.0
+FOLDER_LEFT = "ddipp: could not remove {folder} on {host} ({error}); remove it by hand"
 BAD_CONFIG = "--config {path}: not an ipyparallel config file ({error})"
 UNRESOLVED = "--hosts: ssh cannot resolve {host!r} ({error}); check the name or your ssh config"
 NOT_STARTED = "--hosts: the engines did not start over ssh on {hosts}: {error}"
@@ -150,7 +160,7 @@ class SshRanks(AttachedRanks):
             controller_args=[*CONTROLLER_ARGS, f"--config={private}"],
             engine_launcher_class=_indexed_launchers(),
             delay=0,
-            engine_timeout=int(spec.timeout),
+            engine_timeout=math.ceil(spec.timeout),
             log=own_logger(),
             shutdown_atexit=False,
             load_profile=False,
@@ -158,6 +168,8 @@ class SshRanks(AttachedRanks):
         )
         cluster.start_controller_sync(controller_cmd=_guarded("ipyparallel.controller"))
         self._adopt(cluster.controller.process.pid)
+        _wait_for(cluster.controller.connection_files["client"], spec.timeout)
+        os.remove(private)  # read by now: the key lives on in the 0600 connection files only
         try:
             cluster.start_engines_sync()
         except Exception as error:
@@ -165,16 +177,22 @@ class SshRanks(AttachedRanks):
             raise LaunchFailed(NOT_STARTED.format(hosts=hosts, error=error)) from error
         finally:
             self._note_remote_folders()
-        self._adopt_engines(cluster.connect_client_sync(), spec.world_size, spec.timeout, "--hosts")
+        if os.path.exists(cluster.cluster_file):
+            os.chmod(cluster.cluster_file, 0o600)  # it names the connection files and the ssh options
+        client = cluster.connect_client_sync()
+        self._adopt_engines(client, spec.world_size, spec.timeout, "--hosts")
+        registration = urlparse(client._config["registration"])
+        self._view.apply_sync(
+            rank_side.watch_controller, registration.hostname, registration.port, ENGINE_HEARTBEAT_MISSES
+        )
 
     def _note_remote_folders(self) -> None:
-        """One launcher per host, with the folder it wrote there (removed at the end)."""
-        seen = set()
+        """Per folder written on a host, a launcher that reaches it (to remove it at the end)."""
+        folders = {}
         for engine_set in self._cluster.engines.values():
             for launcher in engine_set.launchers.values():
-                if launcher.hostname not in seen:
-                    seen.add(launcher.hostname)
-                    self._remote_folders.append((launcher, launcher.remote_profile_dir))
+                folders.setdefault(launcher.remote_profile_dir, launcher)
+        self._remote_folders = [(launcher, folder) for folder, launcher in folders.items()]
 
     def pids(self) -> frozenset[int]:
         return frozenset(process.pid for process in self._family())  # the controller, here
@@ -186,8 +204,17 @@ class SshRanks(AttachedRanks):
         for launcher, folder in self._remote_folders:
             try:
                 launcher.ssh_sender.check_output_python_code(
-                    f"import shutil; shutil.rmtree({folder!r}, ignore_errors=True)"
+                    f"import shutil; shutil.rmtree({folder!r}, ignore_errors=True)", timeout=REMOVE_S
                 )
-            except Exception:
-                pass  # an unreachable host: what is left there names a controller that is gone
+            except Exception as error:  # an unreachable host: its folder names a controller that is gone
+                print(FOLDER_LEFT.format(host=launcher.location, folder=folder, error=error), file=sys.stderr)
         self._remote_folders = []
+
+
+def _wait_for(path: str, timeout: float) -> None:
+    """Until `path` exists (the controller writes its connection files once it listens)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise LaunchFailed(f"the controller did not start within {timeout:g} s")
+        time.sleep(0.02)

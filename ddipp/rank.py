@@ -79,6 +79,27 @@ def describe_host(controller_address: str) -> dict:
     }
 
 
+def watch_controller(address: str, port: int, misses: int, period_s: float = 1.0) -> None:
+    """End this process once its controller at `address:port` cannot be reached `misses` times in
+    a row, a second apart: the notebook's kernel is gone (its controller with it), or this host
+    is cut off. ipyparallel's own check of the controller's heartbeat runs on the engine's main
+    loop, which a running cell blocks: a rank training when its kernel is killed would go on."""
+    import threading
+
+    def watch() -> None:
+        missed = 0
+        while missed < misses:
+            time.sleep(period_s)
+            try:
+                with socket.create_connection((address, port), timeout=period_s):
+                    missed = 0
+            except OSError:
+                missed += 1
+        os._exit(1)  # the main thread may be blocked in a collective: no clean way out
+
+    threading.Thread(target=watch, name="ddipp-controller-watch", daemon=True).start()
+
+
 def open_rendezvous(address: str) -> int:
     """Listen on a free port of `address` for the TCP store that this rank (rank 0) will serve.
 

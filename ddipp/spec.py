@@ -34,7 +34,7 @@ NCCL_ON_CPU = "--backend {value} needs GPU ranks; CPU ranks use gloo"
 GPUS_WHEN_ATTACHED = "--attach takes CPU ranks (gloo) on the engines it finds, not -g; -n N picks how many"
 BAD_HOSTS = (
     "--hosts takes HOST:RANKS entries separated by commas (node1:2,node2:2; a bare HOST is one "
-    "rank; HOST may be user@host or an alias of your ssh config), not {value!r}"
+    "rank; HOST may be user@host or an alias of your ssh config; IPv4 and names only), not {value!r}"
 )
 REPEATED_HOST = "--hosts lists {host} twice: give each host once, with its number of ranks"
 HOSTS_WITH = "--hosts gives the ranks per host itself; it does not take {flag}"
@@ -162,7 +162,8 @@ def parse_hosts(value: str) -> tuple[tuple[str, int], ...]:
     entries = []
     for entry in value.strip().strip("'\"").split(","):
         host, _, count = entry.strip().rpartition(":") if ":" in entry else (entry.strip(), "", "1")
-        if not host or any(c.isspace() for c in host) or not count.isdigit() or int(count) < 1:
+        bad_host = not host or ":" in host or "[" in host or any(c.isspace() for c in host)
+        if bad_host or not count.isdigit() or int(count) < 1:
             raise SpecError(BAD_HOSTS.format(value=value))
         if host in (known for known, _ in entries):
             raise SpecError(REPEATED_HOST.format(host=host))

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -145,9 +145,10 @@ class Host:
                 raise RuntimeError(f"sshd did not start on {self.name}")
             time.sleep(0.05)
 
-    def stop_engines(self) -> list[psutil.Process]:
-        """End every process inside this host; those that outlived SIGTERM and then SIGKILL."""
-        processes = self.processes()
+    def stop_engines(self, keep: Collection[int] = ()) -> list[psutil.Process]:
+        """End every process inside this host but those in `keep` (pids: its sshd); those that
+        outlived SIGTERM and then SIGKILL."""
+        processes = [process for process in self.processes() if process.pid not in keep]
         for process in processes:
             _signal(process, 15)
         _, lingering = psutil.wait_procs(processes, timeout=STOP_S)

@@ -1,0 +1,86 @@
+"""What every benchmark shares: the kernel's environment, checked cells, runs of the workload
+under torchrun or alone, and the summary of interleaved runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from ddipp.notebooks import CellMessages
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def kernel_env(ipython_dir: str) -> dict[str, str]:
+    env = dict(os.environ, IPYTHONDIR=ipython_dir, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def ok(cell: CellMessages) -> CellMessages:
+    if cell.status != "ok":
+        content = cell.reply["content"]
+        raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}\n{cell.text()}")
+    return cell
+
+
+def spread(samples: dict[str, list[dict]], ours: str, peer: str) -> dict:
+    """Per contender the median samples/s (under its own name, as before), its range and CPU
+    seconds per run; the per-round ratio `ours` / `peer`: median and interquartile range."""
+    speed = {name: [run["samples_per_s"] for run in runs] for name, runs in samples.items()}
+    ratios = sorted(a / b for a, b in zip(speed[ours], speed[peer], strict=True))
+    quartile = len(ratios) // 4
+    return {
+        **{name: statistics.median(values) for name, values in speed.items()},
+        "runs": len(ratios),
+        "range": {name: [min(values), max(values)] for name, values in speed.items()},
+        "cpu_s": {name: statistics.median(run["cpu_s"] for run in runs) for name, runs in samples.items()},
+        "ratio_median": statistics.median(ratios),
+        "ratio_iqr": [ratios[quartile], ratios[-1 - quartile]],
+    }
+
+
+def run_module(env: dict, module: str, *args: str, ranks: int | None = None) -> dict:
+    """`python -m module args` alone, or on `ranks` processes under torchrun; rank 0's RESULT.
+
+    The port for torchrun is free when chosen, not when used: a torchrun run that fails is run
+    again (twice at most), saying why on stderr.
+    """
+    for attempt in range(3):
+        launcher = [] if ranks is None else ["-m", "torch.distributed.run", "--nproc-per-node", str(ranks)]
+        launcher += [] if ranks is None else ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+        done = subprocess.run(
+            [sys.executable, *launcher, "-m", module, *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        if done.returncode == 0:
+            return result_line(done.stdout)
+        if ranks is None or attempt == 2:
+            raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+        last = [line for line in done.stderr.splitlines() if "Error" in line][-3:]
+        print(f"torchrun failed (run again): {' | '.join(last)}", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
+def result_line(text: str) -> dict:
+    # (a line of %%px output starts with its engine's label)
+    return json.loads(
+        next(m.group(1) for line in text.splitlines() if (m := re.search(r"RESULT (\{.*\})", line)))
+    )
+
+
+def free_port() -> int:
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
