@@ -129,18 +129,8 @@ class RankCluster(Protocol):
     def pull(self, names: list[str], rank: int) -> list[Any]: ...
 
     def release(self, ranks: list[int]) -> None:
-        from . import rank as rank_side
-
-        for rank in ranks:
-            engine_id = self._engine_ids[rank]
-            peer_pids, *across_hosts = self._abort_arguments(rank)
-            # At once, on the engine's control channel: served even while the rank's main
-            # thread is blocked in a collective (a peer that is gone). Not waited for.
-            content = {"peer_pids": peer_pids, "across_hosts": bool(across_hosts and across_hosts[0])}
-            self._client._send_control_request([engine_id], rank_side.RELEASE_REQUEST, content, block=False)
-            # Then, as soon as the rank's cell has ended, it leaves the group for good (NCCL
-            # communicators aborted too).
-            self._client[engine_id].apply_async(rank_side.abort_group, *self._abort_arguments(rank))
+        """Take `ranks` out of the process group so no peer waits for them."""
+        ...
 
     def reform(self) -> None:
         """Form the process group again on every rank (same ranks, devices, backend)."""
@@ -302,13 +292,15 @@ class IpyparallelRanks:
         from . import rank as rank_side
 
         for rank in ranks:
-            # On the engine's control channel: served even while the rank's main thread is
-            # blocked in a collective. Not waited for.
-            peer_pids, *across_hosts = self._abort_arguments(rank)
-            content = {"peer_pids": peer_pids, "across_hosts": bool(across_hosts and across_hosts[0])}
-            self._client._send_control_request(
-                [self._engine_ids[rank]], rank_side.RELEASE_REQUEST, content, block=False
-            )
+            engine_id = self._engine_ids[rank]
+            peer_pids, across_hosts = self._abort_arguments(rank)
+            # At once, on the engine's control channel: served even while the rank's main
+            # thread is blocked in a collective (a peer that is gone). Not waited for.
+            content = {"peer_pids": peer_pids, "across_hosts": across_hosts}
+            self._client._send_control_request([engine_id], rank_side.RELEASE_REQUEST, content, block=False)
+            # Then, as soon as the rank's cell has ended, it leaves the group for good (NCCL
+            # communicators aborted too).
+            self._client[engine_id].apply_async(rank_side.abort_group, peer_pids, across_hosts)
 
     def reform(self) -> None:
         from . import rank as rank_side
@@ -324,9 +316,10 @@ class IpyparallelRanks:
             result.get()
         self.ranks = self._form_group(self._spec)
 
-    def _abort_arguments(self, rank: int) -> tuple:
-        """What `rank_side.abort_group` needs on `rank` to find its connections to the peers."""
-        return ([info.pid for info in self.ranks],)
+    def _abort_arguments(self, rank: int) -> tuple[list[int], bool]:
+        """What `rank_side.abort_group` needs on `rank` to find its connections to the peers:
+        the peers' pids, and whether the group spans hosts."""
+        return [info.pid for info in self.ranks], False
 
     def group_healthy(self) -> bool:
         from . import rank as rank_side

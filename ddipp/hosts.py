@@ -167,7 +167,7 @@ class AttachedRanks(IpyparallelRanks):
             )
         return self._joined(pending, [placement.label for placement in placements], spec.timeout)
 
-    def _abort_arguments(self, rank: int) -> tuple:
+    def _abort_arguments(self, rank: int) -> tuple[list[int], bool]:
         # Pids name processes of one host only (they collide across hosts); the connections
         # opened while the group formed reach the others.
         host = self.ranks[rank].host
