@@ -28,7 +28,7 @@ import uuid
 from urllib.parse import urlparse
 
 from . import rank as rank_side
-from .cluster import CONTROLLER_ARGS, _guarded, own_logger
+from .cluster import CONTROLLER_ARGS, IpyparallelRanks, _guarded, own_logger
 from .errors import LaunchFailed
 from .hosts import AttachedRanks
 from .rank import HOST_INDEX, route_to
@@ -121,8 +121,6 @@ def remote_folder(profile_dir: str, cluster_id: str, index: int) -> str:
 class SshRanks(AttachedRanks):
     """A group on engines that ddipp starts over SSH, one set per host; stopped at the end."""
 
-    launcher_name = "ssh"
-
     def __init__(self) -> None:
         super().__init__()
         self._remote_folders: list[tuple[object, str]] = []
@@ -194,8 +192,8 @@ class SshRanks(AttachedRanks):
                 folders.setdefault(launcher.remote_profile_dir, launcher)
         self._remote_folders = [(launcher, folder) for folder, launcher in folders.items()]
 
-    def pids(self) -> frozenset[int]:
-        return frozenset(process.pid for process in self._family())  # the controller, here
+    # What ddipp started here (the controller), as for a group on this machine.
+    pids = IpyparallelRanks.pids
 
     def stop(self) -> None:
         """Leave the group, stop the engines on every host and the controller, remove the files."""
