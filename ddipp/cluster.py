@@ -298,9 +298,7 @@ class IpyparallelRanks:
             # thread is blocked in a collective (a peer that is gone). Not waited for.
             content = {"peer_pids": peer_pids, "across_hosts": across_hosts}
             self._client._send_control_request([engine_id], rank_side.RELEASE_REQUEST, content, block=False)
-            # Then, as soon as the rank's cell has ended, it leaves the group for good (NCCL
-            # communicators aborted too).
-            self._client[engine_id].apply_async(rank_side.abort_group, peer_pids, across_hosts)
+            # The group itself is taken apart (NCCL aborted) when it is formed again (`reform`).
 
     def reform(self) -> None:
         from . import rank as rank_side
