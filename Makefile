@@ -43,20 +43,23 @@ docs: $(INSTALLED)
 docs-images: $(INSTALLED) system-packages
 	$(PY) -m pytest --run-browser --screenshots docs/images tests/test_browser.py
 
-## system-packages: Debian's packages for the browser tier (chromium) and the ssh tests
-## (OpenSSH), installed when run as root; else the tests that need them skip, saying so. The
-## tests run sshd in their own namespaces: an ssh service that systemd would start for the new
-## package is disabled again (none ran before: the package was missing)
+## system-packages: Debian's packages for the browser tier (chromium), the ssh tests (OpenSSH)
+## and the Slurm tests (slurm-wlm, munge), installed when run as root; else the tests that need
+## them skip, saying so. The tests run sshd, slurmd, slurmctld and munged in their own
+## namespaces and folders: services that systemd would start for a new package are disabled
+## again (none ran before: the package was missing)
 system-packages:
-	@missing=""; \
+	@missing=""; services=""; \
 	command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ] || missing="$$missing chromium"; \
-	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	[ -x /usr/sbin/sshd ] || { missing="$$missing openssh-server"; services="$$services ssh.service ssh.socket"; }; \
 	{ command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; } || missing="$$missing openssh-client"; \
+	[ -x /usr/sbin/slurmd ] || { missing="$$missing slurm-wlm"; services="$$services slurmd slurmctld"; }; \
+	command -v munged >/dev/null || { missing="$$missing munge"; services="$$services munge"; }; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-		case "$$missing" in *openssh-server*) if [ -d /run/systemd/system ]; then \
-			systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true; fi;; esac; \
+		if [ -n "$$services" ] && [ -d /run/systemd/system ]; then \
+			systemctl disable --now $$services >/dev/null 2>&1 || true; fi; \
 	else echo "not installed:$$missing (apt-get install$$missing); the tests that need them will skip"; fi
 
 clean:

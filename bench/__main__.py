@@ -409,6 +409,13 @@ def table(results: dict) -> str:
             h["startup_s"]["ssh_plain"],
             "ipp ssh by hand",
         )
+        if "slurm" in h["startup_s"]:
+            compared(
+                "2 hosts: start-up, slurm (s)",
+                h["startup_s"]["slurm"],
+                h["startup_s"]["slurm_plain"],
+                "ipp slurm by hand",
+            )
         compared("2 hosts: dispatch (ms)", h["dispatch_ms"]["ddipp"], h["dispatch_ms"]["px"], "%%px")
     if "fastai" in results:
         f = results["fastai"]

@@ -1,11 +1,12 @@
-"""A group across two simulated hosts (the test suite's namespaces; needs root and OpenSSH):
-start-up to a ready group, attached and over ssh, against plain ipyparallel doing the same by
-hand; and a cell's round trip across hosts, `%%dip` against `%%px` on the same engines.
+"""A group across two simulated hosts (the test suite's namespaces; needs root, OpenSSH, and
+Slurm for its rows): start-up to a ready group, attached, over ssh and through Slurm, against
+plain ipyparallel doing the same by hand; and a cell's round trip across hosts, `%%dip` against
+`%%px` on the same engines.
 
 One rank per host. The peer of each start-up is what a user would write without ddipp: connect
-(or start the engines with ipyparallel's SSH launcher, configured alike), then form a gloo group
-across the hosts by hand (each engine's address toward the controller, its interface for gloo,
-rank 0's address as MASTER_ADDR).
+(or start the engines with ipyparallel's SSH or Slurm launcher, configured alike), then form a
+gloo group across the hosts by hand (each engine's address toward the controller, its interface
+for gloo, rank 0's address as MASTER_ADDR).
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def group_by_hand(rc, controller):
     master, _, port = places[0]
     pending = [rc[i].apply_async(join, r, len(ids), master, port, places[r][1]) for r, i in enumerate(ids)]
     [p.get(timeout=120) for p in pending]
+def start_by_hand(began, controller, **cluster_args):
+    cluster = ipp.Cluster(n=2, delay=0, controller_args=["--HeartMonitor.period=500"], **cluster_args)
+    rc = cluster.start_and_connect_sync()
+    group_by_hand(rc, controller)
+    print("STARTUP", time.perf_counter() - began)
+    rc.close()
+    cluster.stop_cluster_sync()
 """
 PLAIN_ATTACH = """
 began = time.perf_counter()
@@ -64,13 +72,16 @@ config.SSHEngineSetLauncher.ssh_args = ["-F", {ssh_config!r}, "-o", "BatchMode=y
 config.SSHEngineSetLauncher.scp_args = ["-F", {ssh_config!r}, "-o", "BatchMode=yes"]
 config.SSHEngineSetLauncher.remote_python = sys.executable
 config.SSHEngineSetLauncher.engines = {engines!r}
-cluster = ipp.Cluster(n=2, controller_ip={bridge!r}, engine_launcher_class="ssh", delay=0,
-                      controller_args=["--HeartMonitor.period=500"], config=config)
-rc = cluster.start_and_connect_sync()
-group_by_hand(rc, {bridge!r})
-print("STARTUP", time.perf_counter() - began)
-rc.close()
-cluster.stop_cluster_sync()
+start_by_hand(began, {bridge!r}, controller_ip={bridge!r}, engine_launcher_class="ssh", config=config)
+"""
+PLAIN_SLURM = """
+from traitlets.config.loader import PyFileConfigLoader
+import os
+began = time.perf_counter()
+config = PyFileConfigLoader(os.path.basename({config!r}), path=os.path.dirname({config!r})).load_config()
+# ipyparallel writes the job script in the working folder by default: the bench's own, here.
+config.SlurmEngineSetLauncher.batch_file_name = os.path.join({folder!r}, "slurm_engine.sbatch")
+start_by_hand(began, {bridge!r}, engine_launcher_class="slurm", config=config)
 """
 PX = "px_view = get_ipython()._ddipp_session[0].cluster._client[:]\npx_view.block = True\npx_view.activate()"
 
@@ -121,19 +132,8 @@ def bench_hosts(env: dict) -> dict:
             client.close()
             with KernelSession(env) as kernel:
                 ok(kernel.run("%load_ext ddipp\nimport torch\n" + BY_HAND))
-                for _ in range(HOSTS_REPEATS):
-                    startup["attach"].append(
-                        _ready(kernel, f"%makedip --attach {client_file(controller)} -a none")
-                    )
-                    ok(kernel.run("%makedip --kill"))
-                    text = ok(
-                        kernel.run(
-                            PLAIN_ATTACH.format(
-                                client_file=client_file(controller), bridge=hosts.bridge_address
-                            )
-                        )
-                    ).text()
-                    startup["attach_plain"].append(float(text.split("STARTUP", 1)[1].split()[0]))
+                plain = PLAIN_ATTACH.format(client_file=client_file(controller), bridge=hosts.bridge_address)
+                _start_both(kernel, f"--attach {client_file(controller)}", plain, startup, "attach")
                 ok(kernel.run(f"%makedip --attach {client_file(controller)} -a none"))
                 ok(kernel.run(PX))
                 cells = {"ddipp": "%%dip\npass", "px": "%%px\npass"}
@@ -146,24 +146,58 @@ def bench_hosts(env: dict) -> dict:
                 ok(kernel.run("%makedip --kill"))
                 for host in hosts.hosts:
                     host.stop_engines(keep=sshd[host.name])
-                for _ in range(HOSTS_REPEATS):
-                    startup["ssh"].append(
-                        _ready(kernel, f"%makedip --hosts {flag} --config {config} -a none")
-                    )
-                    ok(kernel.run("%makedip --kill"))
-                    code = PLAIN_SSH.format(
-                        ssh_config=access.ssh_config, engines=engines, bridge=hosts.bridge_address
-                    )
-                    text = ok(kernel.run(code)).text()
-                    startup["ssh_plain"].append(float(text.split("STARTUP", 1)[1].split()[0]))
+                plain = PLAIN_SSH.format(
+                    ssh_config=access.ssh_config, engines=engines, bridge=hosts.bridge_address
+                )
+                _start_both(kernel, f"--hosts {flag} --config {config}", plain, startup, "ssh")
         finally:
             stop_controller(controller)
     finally:
         hosts.close()
+    startup.update(_bench_slurm(env))
     return {
         "startup_s": {name: statistics.median(values) for name, values in startup.items()},
         "dispatch_ms": {name: statistics.median(values) for name, values in dispatch.items()},
     }
+
+
+def _bench_slurm(env: dict) -> dict[str, list[float]]:
+    """Start-up through Slurm (slurmctld on a third host, a job of one rank per node), ddipp's
+    `--engines slurm` against ipyparallel's Slurm launcher by hand; nothing if Slurm is missing."""
+    from tests.hosts import SimulatedHosts, SlurmCluster, missing_slurm, slurm_config_file
+
+    reason = missing_slurm()
+    if reason is not None:
+        print(f"hosts: Slurm rows skipped: {reason}")
+        return {}
+    startup: dict[str, list[float]] = {"slurm": [], "slurm_plain": []}
+    hosts = SimulatedHosts(3)
+    try:
+        slurm = SlurmCluster(hosts, hosts.hosts[2], hosts.hosts[:2])
+        try:
+            config = os.path.join(tempfile.mkdtemp(), "ipcluster_config.py")
+            slurm_config_file(config, hosts.bridge_address, nodes=2, per_node=1)
+            with KernelSession(dict(env, **slurm.env)) as kernel:
+                ok(kernel.run("%load_ext ddipp\nimport torch\n" + BY_HAND))
+                plain = PLAIN_SLURM.format(
+                    config=config, bridge=hosts.bridge_address, folder=os.path.dirname(config)
+                )
+                _start_both(kernel, f"--engines slurm -n 2 --config {config}", plain, startup, "slurm")
+        finally:
+            slurm.close()
+    finally:
+        hosts.close()
+    return startup
+
+
+def _start_both(kernel, flags: str, plain: str, startup: dict[str, list[float]], name: str) -> None:
+    """HOSTS_REPEATS start-ups of `%makedip flags` (under `name`) and of the `plain` code (under
+    `name_plain`), interleaved."""
+    for _ in range(HOSTS_REPEATS):
+        startup[name].append(_ready(kernel, f"%makedip {flags} -a none"))
+        ok(kernel.run("%makedip --kill"))
+        text = ok(kernel.run(plain)).text()
+        startup[f"{name}_plain"].append(float(text.split("STARTUP", 1)[1].split()[0]))
 
 
 def _ready(kernel, line: str) -> float:

@@ -601,6 +601,9 @@ class IpyparallelRanks:
 
     def _stop_local(self) -> None:
         """Let ipyparallel stop what it started, then end what is left of it here, by pid."""
+        # Known before ipyparallel stops anything: children of a controller it ends (the
+        # schedulers) are no longer ours to find.
+        family = self._family()
         if self._cluster is not None:
             # Ranks ended on purpose exit non-zero; ipyparallel would then dump their logs.
             # The logger is ddipp's own (see `own_logger`), so this silences nothing else.
@@ -609,7 +612,7 @@ class IpyparallelRanks:
                 self._cluster.stop_cluster_sync()
             except Exception:
                 pass  # anything still running here is ended below
-        _end_processes(self._family(), KILL_GRACE_S)
+        _end_processes([p for p in {*family, *self._family()} if _is_alive(p)], KILL_GRACE_S)
         if self._rendezvous_dir is not None:
             shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
         self._cluster = self._client = self._view = None
@@ -639,6 +642,24 @@ def _free_port() -> int:
 def _guarded(module: str) -> list[str]:
     """The command that runs `module` under `ddipp.guard`, so it ends if the kernel dies."""
     return [sys.executable, "-m", "ddipp.guard", module]
+
+
+def wait_until_stoppable(pid: int, timeout: float) -> None:
+    """Until the controller `pid` handles SIGTERM. It forks its schedulers first, and a SIGTERM
+    that comes before ends it alone, leaving those it forked running, ours no longer."""
+    caught = 1 << (signal.SIGTERM - 1)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                mask = next(line for line in status if line.startswith("SigCgt:")).split()[1]
+        except (OSError, StopIteration):
+            return  # gone (a stop finds nothing to miss), or no /proc to tell
+        if int(mask, 16) & caught:
+            return
+        if time.monotonic() > deadline:
+            raise LaunchFailed(f"the controller did not finish starting within {timeout:g} s")
+        time.sleep(0.01)
 
 
 def _end_processes(processes: list[psutil.Process], grace: float) -> None:

@@ -49,8 +49,8 @@ def ranks_by_host(hosts: Sequence[Hashable]) -> list[list[int]]:
 
 def order_hosts(seen: Sequence[dict]) -> list[list[int]]:
     """Indices of the engines `seen` (`rank.describe_host`, in engine order) grouped by host:
-    hosts in the order of their `host_index` where a launcher set one (`--hosts`), else in the
-    order their first engine comes."""
+    hosts in the order of their `host_index` where a launcher set one (`--hosts`; a Slurm job's
+    node index), else in the order their first engine comes."""
     # A launcher's host index tells hosts apart even when two of them have the same name.
     groups = ranks_by_host([(engine["host_index"], engine["host"]) for engine in seen])
     return sorted(groups, key=lambda group: int(seen[group[0]]["host_index"] or 0))

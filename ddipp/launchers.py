@@ -3,10 +3,12 @@
 `%makedip --hosts node1:2,node2:2` starts a controller here, listening only on the address this
 machine reaches the first host from, and the engines over SSH with ipyparallel's
 `SSHEngineSetLauncher` (ssh options, keys and the remote python from the user's ssh config and
-an ipyparallel config file, `--config FILE`). From then on the group is run as an attached one
-(`ddipp.hosts`): ranks ordered host by host in the order given, liveness from registration,
-interrupts through the engines' nannies. What ddipp started it stops at `--kill`, and it
-removes what it wrote on every host.
+an ipyparallel config file, `--config FILE`). `%makedip --engines slurm -n 4` starts them with
+one of ipyparallel's batch (or MPI) launchers instead, configured by the same file; the
+controller then listens on the address this machine's name resolves to. From then on the group
+is run as an attached one (`ddipp.hosts`): ranks ordered host by host, liveness from
+registration, interrupts through the engines' nannies. What ddipp started it stops at `--kill`,
+and it removes what it wrote on every host.
 
 Off this machine ipyparallel's traffic is encrypted (CurveZMQ). Nothing ties an engine on
 another host to the notebook kernel's life but its controller, which runs here under
@@ -28,7 +30,7 @@ import uuid
 from urllib.parse import urlparse
 
 from . import rank as rank_side
-from .cluster import CONTROLLER_ARGS, IpyparallelRanks, _guarded, own_logger
+from .cluster import CONTROLLER_ARGS, IpyparallelRanks, _guarded, own_logger, wait_until_stoppable
 from .errors import LaunchFailed
 from .hosts import AttachedRanks
 from .rank import HOST_INDEX, route_to
@@ -56,6 +58,16 @@ FOLDER_LEFT = "ddipp: could not remove {folder} on {host} ({error}); remove it b
 BAD_CONFIG = "--config {path}: not an ipyparallel config file ({error})"
 UNRESOLVED = "--hosts: ssh cannot resolve {host!r} ({error}); check the name or your ssh config"
 NOT_STARTED = "--hosts: the engines did not start over ssh on {hosts}: {error}"
+NOT_SUBMITTED = "--engines {name}: ipyparallel's {name} launcher could not start the engines: {error}"
+NO_CONTROLLER_ADDRESS = (
+    "--engines {name}: this machine's name {host!r} resolves to {address}, which other hosts cannot "
+    "reach; give the controller an address they reach in --config: c.Cluster.controller_ip = '...'"
+)
+COMMAND_FAILED = "{command} failed: {said}"
+# How much of a batch job's output a failed start shows.
+OUTPUT_LINES = 20
+JOB_STATE = "; their job {job}: {state}"
+JOB_OUTPUT = "\nthe engines' output ({path}), last lines:\n{tail}"
 
 
 def load_config(path: str | None):
@@ -118,35 +130,27 @@ def remote_folder(profile_dir: str, cluster_id: str, index: int) -> str:
     return os.path.relpath(folder, home) if folder.startswith(home + os.sep) else folder
 
 
-class SshRanks(AttachedRanks):
-    """A group on engines that ddipp starts over SSH, one set per host; stopped at the end."""
+class LaunchedRanks(AttachedRanks):
+    """A group on engines that ddipp starts with one of ipyparallel's launchers; stopped at the end.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._remote_folders: list[tuple[object, str]] = []
+    Subclasses configure the launcher (`_configure`); the controller, its keys, the engines'
+    registration and their tie to the controller are the same for every launcher.
+    """
+
+    flag = ""  # the %makedip flag that asks for these ranks, for messages
+
+    def _configure(self, spec: GroupSpec, config, cluster_id: str, profile_dir: str) -> tuple[type, str]:
+        """Set `config` up for the launcher; return its class and the controller's address."""
+        raise NotImplementedError
 
     def _launch(self, spec: GroupSpec) -> None:
         import ipyparallel as ipp
 
         config = load_config(spec.config)
-        launcher = config.SSHEngineSetLauncher
-        if "remote_python" not in launcher:  # the same environment, as on a shared filesystem
-            launcher.remote_python = sys.executable
-        # A notebook cannot answer a password prompt, and an unreachable host must not hang it.
-        for name in ("ssh_args", "scp_args"):
-            launcher[name] = [*launcher.get(name, []), *SSH_OPTIONS]
-        ssh_args = launcher.ssh_args
-        addresses = [ssh_address(host, ssh_args) for host, _ in spec.hosts]
-        controller_ip = config.Cluster.get("controller_ip") or route_to(addresses[0])[0]
         cluster_id = f"ddipp-{uuid.uuid4().hex[:10]}"
         profile_dir = ipp.Cluster(log=own_logger(), load_profile=False).profile_dir
-        launcher.engines = {
-            host: {"n": count, "host_index": str(index), "to_send": [],
-                   "remote_profile_dir": remote_folder(profile_dir, cluster_id, index)}
-            for index, (host, count) in enumerate(spec.hosts)
-        }  # fmt: skip
-        launcher.engine_args = [*launcher.get("engine_args", []), *ENGINE_ARGS]
         self._rendezvous_dir = tempfile.mkdtemp(prefix="ddipp-controller-")  # 0700, removed at stop
+        launcher_class, controller_ip = self._configure(spec, config, cluster_id, profile_dir)
         private = os.path.join(self._rendezvous_dir, "controller.py")
         with open(os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
             file.write(CONTROLLER_CONFIG.format(key=uuid.uuid4().hex.encode()))
@@ -156,7 +160,7 @@ class SshRanks(AttachedRanks):
             profile_dir=profile_dir,
             controller_ip=controller_ip,
             controller_args=[*CONTROLLER_ARGS, f"--config={private}"],
-            engine_launcher_class=_indexed_launchers(),
+            engine_launcher_class=launcher_class,
             delay=0,
             engine_timeout=math.ceil(spec.timeout),
             log=own_logger(),
@@ -167,24 +171,76 @@ class SshRanks(AttachedRanks):
         cluster.start_controller_sync(controller_cmd=_guarded("ipyparallel.controller"))
         self._adopt(cluster.controller.process.pid)
         _wait_for(cluster.controller.connection_files["client"], spec.timeout)
+        wait_until_stoppable(cluster.controller.process.pid, spec.timeout)
         os.remove(private)  # read by now: the key lives on in the 0600 connection files only
         try:
             cluster.start_engines_sync()
         except Exception as error:
-            hosts = ", ".join(host for host, _ in spec.hosts)
-            raise LaunchFailed(NOT_STARTED.format(hosts=hosts, error=error)) from error
+            raise LaunchFailed(self._not_started(spec, error)) from error
         finally:
-            self._note_remote_folders()
+            self._engines_started()
         if os.path.exists(cluster.cluster_file):
-            os.chmod(cluster.cluster_file, 0o600)  # it names the connection files and the ssh options
+            os.chmod(cluster.cluster_file, 0o600)  # it names the connection files and the launcher's options
         client = cluster.connect_client_sync()
-        self._adopt_engines(client, spec.world_size, spec.timeout, "--hosts")
+        try:
+            self._adopt_engines(client, spec.world_size, spec.timeout, self.flag)
+        except LaunchFailed as error:
+            raise LaunchFailed(f"{error}{self._engines_output()}") from None
         registration = urlparse(client._config["registration"])
         self._view.apply_sync(
             rank_side.watch_controller, registration.hostname, registration.port, ENGINE_HEARTBEAT_MISSES
         )
 
-    def _note_remote_folders(self) -> None:
+    def _not_started(self, spec: GroupSpec, error: Exception) -> str:
+        """What to say when the launcher failed to start the engines."""
+        raise NotImplementedError
+
+    def _engines_started(self) -> None:
+        """Note what the launcher left on other hosts (called whether it succeeded or not)."""
+
+    def _engines_output(self) -> str:
+        """What the engines wrote where the launcher keeps it, for a start that failed ('' if none)."""
+        return ""
+
+    # What ddipp started here (the controller), as for a group on this machine.
+    pids = IpyparallelRanks.pids
+
+    def stop(self) -> None:
+        """Leave the group, stop the engines (through the launcher) and the controller."""
+        super().stop()  # leaves the group and disconnects
+        self._stop_local()  # ipyparallel stops the engines, then the controller
+
+
+class SshRanks(LaunchedRanks):
+    """A group on engines that ddipp starts over SSH, one set per host; stopped at the end."""
+
+    flag = "--hosts"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._remote_folders: list[tuple[object, str]] = []
+
+    def _configure(self, spec: GroupSpec, config, cluster_id: str, profile_dir: str) -> tuple[type, str]:
+        launcher = config.SSHEngineSetLauncher
+        if "remote_python" not in launcher:  # the same environment, as on a shared filesystem
+            launcher.remote_python = sys.executable
+        # A notebook cannot answer a password prompt, and an unreachable host must not hang it.
+        for name in ("ssh_args", "scp_args"):
+            launcher[name] = [*launcher.get(name, []), *SSH_OPTIONS]
+        addresses = [ssh_address(host, launcher.ssh_args) for host, _ in spec.hosts]
+        launcher.engines = {
+            host: {"n": count, "host_index": str(index), "to_send": [],
+                   "remote_profile_dir": remote_folder(profile_dir, cluster_id, index)}
+            for index, (host, count) in enumerate(spec.hosts)
+        }  # fmt: skip
+        launcher.engine_args = [*launcher.get("engine_args", []), *ENGINE_ARGS]
+        controller_ip = config.Cluster.get("controller_ip") or route_to(addresses[0])[0]
+        return _indexed_launchers(), controller_ip
+
+    def _not_started(self, spec: GroupSpec, error: Exception) -> str:
+        return NOT_STARTED.format(hosts=", ".join(host for host, _ in spec.hosts), error=error)
+
+    def _engines_started(self) -> None:
         """Per folder written on a host, a launcher that reaches it (to remove it at the end)."""
         folders = {}
         for engine_set in self._cluster.engines.values():
@@ -192,13 +248,9 @@ class SshRanks(AttachedRanks):
                 folders.setdefault(launcher.remote_profile_dir, launcher)
         self._remote_folders = [(launcher, folder) for folder, launcher in folders.items()]
 
-    # What ddipp started here (the controller), as for a group on this machine.
-    pids = IpyparallelRanks.pids
-
     def stop(self) -> None:
         """Leave the group, stop the engines on every host and the controller, remove the files."""
-        super().stop()  # leaves the group and disconnects
-        self._stop_local()  # ipyparallel stops the engines over ssh, then the controller
+        super().stop()
         for launcher, folder in self._remote_folders:
             try:
                 launcher.ssh_sender.check_output_python_code(
@@ -207,6 +259,90 @@ class SshRanks(AttachedRanks):
             except Exception as error:  # an unreachable host: its folder names a controller that is gone
                 print(FOLDER_LEFT.format(host=launcher.location, folder=folder, error=error), file=sys.stderr)
         self._remote_folders = []
+
+
+class BatchRanks(LaunchedRanks):
+    """A group on engines that ddipp starts with ipyparallel's launcher for a batch system (or
+    MPI): `-n N` engines in one job, wherever the batch system places them."""
+
+    flag = "--engines"
+
+    def _configure(self, spec: GroupSpec, config, cluster_id: str, profile_dir: str) -> tuple[type, str]:
+        from ipyparallel.cluster.launcher import BatchSystemLauncher, find_launcher_class
+
+        launcher_class = find_launcher_class(spec.engines, "engine")
+        section = config[launcher_class.__name__]
+        section.engine_args = [*section.get("engine_args", []), *ENGINE_ARGS]
+        if issubclass(launcher_class, BatchSystemLauncher):
+            if "batch_file_name" not in section:
+                # ipyparallel writes the job script in the kernel's working folder (the notebook's).
+                section.batch_file_name = os.path.join(self._rendezvous_dir, "engines.job")
+            launcher_class = _reporting(launcher_class)
+        controller_ip = config.Cluster.get("controller_ip") or this_host_address(spec.engines)
+        return launcher_class, controller_ip
+
+    def _not_started(self, spec: GroupSpec, error: Exception) -> str:
+        return NOT_SUBMITTED.format(name=spec.engines, error=str(error).strip())
+
+    def _engines_output(self) -> str:
+        report = ""
+        for engine_set in self._cluster.engines.values() if self._cluster is not None else ():
+            job = getattr(engine_set, "job_id", "")
+            if job:
+                report += JOB_STATE.format(job=job, state=_job_state(self._spec.engines, job))
+            path = getattr(engine_set, "output_file", "")
+            if path and os.path.exists(path):
+                with open(path, errors="replace") as file:
+                    tail = "".join(file.readlines()[-OUTPUT_LINES:])
+                report += JOB_OUTPUT.format(path=path, tail=tail.rstrip())
+        return report
+
+
+def _job_state(launcher: str, job: str) -> str:
+    """What the batch system says of `job` (Slurm: its state and reason), or why it cannot say."""
+    if launcher != "slurm":
+        return f"ask {launcher} for its state"
+    try:
+        listed = subprocess.run(
+            ["squeue", "--noheader", f"--jobs={job}", "--format=%T (%r)"],
+            capture_output=True,
+            text=True,
+            timeout=RESOLVE_S,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"squeue failed: {error}"
+    return listed.stdout.strip() or listed.stderr.strip() or "no longer queued"
+
+
+def _reporting(launcher_class: type) -> type:
+    """`launcher_class` (a batch system's), saying what its submit or cancel command printed when
+    that command fails (ipyparallel leaves it on the kernel's stderr, which a notebook never shows)."""
+
+    class Reporting(launcher_class):
+        def _run_command(self, command, **kwargs):
+            try:
+                return super()._run_command(command, stderr=subprocess.PIPE, **kwargs)
+            except subprocess.CalledProcessError as error:
+                said = (error.stderr or b"").decode("utf8", "replace").strip()
+                said = said or f"exit status {error.returncode}"
+                raise LaunchFailed(COMMAND_FAILED.format(command=command[0], said=said)) from None
+
+    Reporting.__name__ = Reporting.__qualname__ = launcher_class.__name__
+    return Reporting
+
+
+def this_host_address(name: str) -> str:
+    """The address this machine's name resolves to, if other hosts can reach it."""
+    import socket
+
+    host = socket.gethostname()
+    try:
+        address = socket.gethostbyname(host)
+    except OSError as error:
+        address = f"nothing ({error})"
+    if not address[0].isdigit() or address.startswith("127."):
+        raise LaunchFailed(NO_CONTROLLER_ADDRESS.format(name=name, host=host, address=address))
+    return address
 
 
 def _wait_for(path: str, timeout: float) -> None:

@@ -25,6 +25,8 @@ KILL_AND_RESTART = "%makedip takes --kill or --restart, not both"
 FLAGS_WITH_STOP = (
     "%makedip --{action} takes no other flags (found {flags}); --restart reuses the group's settings"
 )
+# What %makedip takes to describe a group (none of them goes with --kill or --restart).
+GROUP_FLAGS = ("gpus", "n", "attach", "hosts", "engines", "config", "app", "verbose", "timeout", "backend")
 LOCAL_FAILED = "%%dip --to both: the local run failed, so the ranks were not run"
 LOCAL_ONLY_FAILED = "%%dip --to local: the cell raised {error} (traceback above)"
 AUTODIP_USAGE = "%autodip takes on [%%dip flags], off, or nothing (to show the mode), not {line!r}"
@@ -137,7 +139,10 @@ class DipMagics(Magics):
         "--n",
         dest="n",
         default=None,
-        help="number of CPU ranks (gloo); with --attach, how many of the registered engines (default all)",
+        help=(
+            "number of CPU ranks (gloo); with --attach, how many of the registered engines "
+            "(default all); with --engines, how many the launcher starts"
+        ),
     )
     @argument(
         "--attach",
@@ -163,13 +168,25 @@ class DipMagics(Magics):
         ),
     )
     @argument(
+        "--engines",
+        default=None,
+        metavar="LAUNCHER",
+        help=(
+            "start -n N CPU ranks with one of ipyparallel's launchers: slurm, pbs, sge, lsf, "
+            "htcondor or mpi (tested: slurm), configured by --config (batch template, partition, "
+            "engine_cmd). The controller listens, encrypted (CurveZMQ), on the address this "
+            "machine's name resolves to, or c.Cluster.controller_ip; ranks of a host are "
+            "contiguous; --kill stops the job"
+        ),
+    )
+    @argument(
         "--config",
         default=None,
         metavar="FILE",
         help=(
-            "with --hosts: an ipyparallel config file (.py or .json) for the launcher, e.g. "
-            "c.SSHEngineSetLauncher.ssh_args, .remote_python (default: this python), "
-            "c.Cluster.controller_ip"
+            "with --hosts or --engines: an ipyparallel config file (.py or .json) for the "
+            "launcher, e.g. c.SSHEngineSetLauncher.ssh_args, .remote_python (default: this "
+            "python), c.SlurmEngineSetLauncher.batch_template, c.Cluster.controller_ip"
         ),
     )
     @argument(
@@ -207,11 +224,7 @@ class DipMagics(Magics):
             if args.kill and args.restart:
                 raise UsageError(KILL_AND_RESTART)
             action = "kill" if args.kill else "restart"
-            given = [
-                f"--{name}"
-                for name in ("gpus", "n", "attach", "hosts", "config", "app", "verbose", "timeout", "backend")
-                if getattr(args, name) is not None
-            ]
+            given = [f"--{name}" for name in GROUP_FLAGS if getattr(args, name) is not None]
             if given:
                 raise UsageError(FLAGS_WITH_STOP.format(action=action, flags=", ".join(given)))
             if args.kill:
@@ -231,6 +244,7 @@ class DipMagics(Magics):
             attach=args.attach,
             hosts=args.hosts,
             config=args.config,
+            engines=args.engines,
         )
         for notice in notices:
             print(notice)

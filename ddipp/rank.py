@@ -68,14 +68,14 @@ def route_to(address: str) -> tuple[str, str | None]:
 
 def describe_host(controller_address: str) -> dict:
     """Where this rank runs: host name, pid, address and interface toward the controller, and
-    its host's place among `%makedip --hosts` (None for engines ddipp did not start)."""
+    its host's place among `%makedip --hosts`, or in its Slurm job (None if neither)."""
     address, interface = route_to(controller_address)
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "address": address,
         "interface": interface,
-        "host_index": os.environ.get(HOST_INDEX),
+        "host_index": os.environ.get(HOST_INDEX) or os.environ.get("SLURM_NODEID"),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import queue
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
@@ -21,7 +22,7 @@ from .fsm import (
     Trigger,
 )
 from .hosts import AttachedRanks
-from .launchers import SshRanks
+from .launchers import BatchRanks, SshRanks
 from .router import OutputRouter, RankMessage, RankResult, Sink
 from .spec import GroupSpec
 
@@ -44,6 +45,10 @@ ATTACHED = (
 STARTED_OVER_SSH = (
     "  engines on {host}: {count}, started by ddipp over ssh (ipyparallel's SSH launcher); "
     "%makedip --kill stops them and removes their files there"
+)
+STARTED_BY_LAUNCHER = (
+    "  engines on {host}: {count}, started by ddipp with ipyparallel's {launcher} launcher; "
+    "%makedip --kill stops them"
 )
 GROUP_BROKEN_ADVICE = "Use %makedip --restart for a fresh group, or %makedip --kill."
 CELL_TIMED_OUT = "%%dip: the cell ran past --timeout {timeout:g} s on the ranks"
@@ -115,6 +120,11 @@ class Status:
             lines.append(ATTACHED.format(path=self.spec.attach).strip())
         for host, count in self.spec.hosts:
             lines.append(STARTED_OVER_SSH.format(host=host, count=count).strip())
+        if self.spec.engines is not None:
+            per_host = Counter(info.host for info in self.ranks)
+            for host, count in per_host.items():
+                line = STARTED_BY_LAUNCHER.format(host=host, count=count, launcher=self.spec.engines)
+                lines.append(line.strip())
         return lines
 
     def render(self) -> str:
@@ -526,9 +536,12 @@ class DipSession:
 
 
 def ranks_for(spec: GroupSpec) -> RankCluster:
-    """The rank processes for `spec`: engines attached to, started over ssh, or started here."""
+    """The rank processes for `spec`: engines attached to, started by a batch system or over ssh,
+    or started here."""
     if spec.attach is not None:
         return AttachedRanks()
+    if spec.engines is not None:
+        return BatchRanks()
     return SshRanks() if spec.hosts else IpyparallelRanks()
 
 

@@ -39,7 +39,15 @@ BAD_HOSTS = (
 REPEATED_HOST = "--hosts lists {host} twice: give each host once, with its number of ranks"
 HOSTS_WITH = "--hosts gives the ranks per host itself; it does not take {flag}"
 GPUS_ON_HOSTS = "--hosts starts CPU ranks (gloo) for now, not -g: give the ranks per host (node1:2,node2:2)"
-CONFIG_WITHOUT_HOSTS = "--config FILE configures the engines' launcher: it goes with --hosts"
+CONFIG_WITHOUT_LAUNCHER = "--config FILE configures the engines' launcher: it goes with --hosts or --engines"
+# ipyparallel's engine launchers for a batch system or MPI (its entry point names).
+ENGINE_LAUNCHERS = ("slurm", "pbs", "sge", "lsf", "htcondor", "mpi")
+UNKNOWN_ENGINES = (
+    "--engines {value!r} is not one of ipyparallel's launchers ddipp starts ranks with: {choices} "
+    "(engines over ssh: --hosts; engines started some other way: --attach)"
+)
+ENGINES_WITHOUT_N = "--engines {value} needs -n N: how many ranks to start in all"
+ENGINES_WITH = "--engines starts -n N CPU ranks (gloo) through the launcher; it does not take {flag}"
 BAD_TIMEOUT = "--timeout must be a positive number of seconds, not {value!r}"
 GPU_NOTICE = (
     "ddipp: on GPU ranks, %dip --pull brings tensors to the CPU, and a collective that a failed "
@@ -68,6 +76,8 @@ class GroupSpec:
     # Ranks per host started over SSH (`--hosts`), and the ipyparallel config file for them.
     hosts: tuple[tuple[str, int], ...] = ()
     config: str | None = None
+    # ipyparallel's launcher for the engines (`--engines slurm`), or None.
+    engines: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -85,6 +95,8 @@ class GroupSpec:
         elif self.hosts:
             per_host = ", ".join(f"{host}: {n}" for host, n in self.hosts)
             where = f"{self.world_size} CPU rank(s) on {len(self.hosts)} host(s) over ssh ({per_host})"
+        elif self.engines is not None:
+            where = f"{self.world_size} CPU rank(s) started with ipyparallel's {self.engines} launcher"
         elif self.on_gpus:
             where = f"{self.world_size} GPU rank(s) on GPU {','.join(map(str, self.devices))}"
         else:
@@ -110,15 +122,18 @@ def plan_group(
     attach: str | None = None,
     hosts: str | None = None,
     config: str | None = None,
+    engines: str | None = None,
 ) -> tuple[GroupSpec, list[str]]:
     """Resolve `%makedip` flags into a spec plus notices for the user; raise `SpecError`."""
     notices: list[str] = []
     if gpus is not None and n is not None:
         raise SpecError(GPUS_AND_CPUS)
-    if config is not None and hosts is None:
-        raise SpecError(CONFIG_WITHOUT_HOSTS)
+    if config is not None and hosts is None and engines is None:
+        raise SpecError(CONFIG_WITHOUT_LAUNCHER)
     per_host: tuple[tuple[str, int], ...] = ()
-    if hosts is not None:
+    if engines is not None:
+        devices = _launched_devices(engines, n, {"-g": gpus, "--attach": attach, "--hosts": hosts})
+    elif hosts is not None:
         if gpus is not None:
             raise SpecError(GPUS_ON_HOSTS)
         for flag, value in (("-n", n), ("--attach", attach)):
@@ -138,7 +153,7 @@ def plan_group(
     app_name = app if app is not None else default_app()
     get_app(app_name)
     seconds = _seconds(timeout) if timeout is not None else DEFAULT_TIMEOUT_S
-    spec = GroupSpec(devices, backend, app_name, seconds, bool(verbose), attach, per_host, config)
+    spec = GroupSpec(devices, backend, app_name, seconds, bool(verbose), attach, per_host, config, engines)
     if spec.on_gpus:
         notices.append(GPU_NOTICE.format(timeout=seconds))
     return spec, notices
@@ -155,6 +170,18 @@ def resolve_backend(value: str | None, on_gpus: bool) -> str:
     if not on_gpus and any(name == "nccl" for _, _, name in pairs):
         raise SpecError(NCCL_ON_CPU.format(value=value))
     return value
+
+
+def _launched_devices(engines: str, n: int | str | None, others: dict[str, str | None]):
+    """The ranks of `--engines NAME -n N`: N CPU ranks, nothing else asked of them."""
+    if engines not in ENGINE_LAUNCHERS:
+        raise SpecError(UNKNOWN_ENGINES.format(value=engines, choices=", ".join(ENGINE_LAUNCHERS)))
+    for flag, value in others.items():
+        if value is not None:
+            raise SpecError(ENGINES_WITH.format(flag=flag))
+    if n is None:
+        raise SpecError(ENGINES_WITHOUT_N.format(value=engines))
+    return (None,) * _rank_count(n)
 
 
 def parse_hosts(value: str) -> tuple[tuple[str, int], ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
+import psutil
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -12,6 +13,9 @@ from ddipp.magics import AutodipTransformer, DipMagics
 from ddipp.notebooks import KernelSession
 from ddipp.session import DipSession
 from tests.processes import TAG_VARIABLE, descendants_alive, wait_until_gone
+
+# How long what a test started may take to end once it is stopped (a bound against a hang).
+LEFTOVER_S = 15.0
 
 
 @pytest.fixture
@@ -27,6 +31,35 @@ def notebook():
     shell.input_transformers_cleanup.remove(transformer)
     session.shutdown()
     assert descendants_alive() == []
+
+
+@pytest.fixture
+def launching_notebook(monkeypatch):
+    """An IPython shell with ddipp's magics, for groups ddipp starts on other hosts: nothing it
+    started may outlive it, here (found by a tag in the environment: a controller's children
+    that outlive it are no longer its descendants) or in the hosts (their fixtures check them)."""
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv(TAG_VARIABLE, tag)
+    shell = InteractiveShell.instance()
+    session = DipSession()
+    shell.register_magics(DipMagics(shell, session))
+    yield shell, session
+    session.shutdown()
+    assert session.cluster is None or session.cluster.pids() == frozenset()
+    assert [p for p in wait_until_gone(tag, LEFTOVER_S) if p.pid in _local_pids()] == []
+
+
+def _local_pids() -> set[int]:
+    """Processes of this machine's PID namespace (those of simulated hosts are the hosts' to check)."""
+    own = os.readlink("/proc/self/ns/pid")
+    pids = set()
+    for pid in psutil.pids():
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") == own:
+                pids.add(pid)
+        except OSError:
+            continue
+    return pids
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +91,33 @@ def kernel(tmp_path):
 @pytest.fixture
 def simulated_hosts():
     """Two simulated hosts (tests/hosts.py); every namespace, link and process is gone after."""
+    yield from _simulated_hosts(2)
+
+
+@pytest.fixture
+def slurm_hosts():
+    """Slurm on three simulated hosts: slurmctld on the last, slurmd on the first two (the
+    nodes); every daemon, namespace, link and process is gone after."""
+    from tests.hosts import SlurmCluster, missing_slurm
+
+    reason = missing_slurm()
+    if reason is not None:
+        pytest.skip(reason)
+    for hosts in _simulated_hosts(3):
+        slurm = SlurmCluster(hosts, hosts.hosts[2], hosts.hosts[:2])
+        try:
+            yield hosts, slurm
+        finally:
+            slurm.close()
+
+
+def _simulated_hosts(count: int):
     from tests.hosts import SimulatedHosts, missing_requirement
 
     reason = missing_requirement()
     if reason is not None:
         pytest.skip(reason)
-    hosts = SimulatedHosts(2)
+    hosts = SimulatedHosts(count)
     try:
         yield hosts
     finally:

@@ -8,6 +8,7 @@ namespace, link and process (ending pid 1 of a PID namespace ends everything in 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -270,6 +271,242 @@ class SshAccess:
             file.write(f"c.SSHEngineSetLauncher.ssh_args = {options!r}\n")
             file.write(f"c.SSHEngineSetLauncher.scp_args = {options!r}\n")
         return path
+
+
+SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "munged")
+NO_SLURM = (
+    "the Slurm tests need Slurm and MUNGE ({tools}): `make test` installs them when run as root "
+    "(apt-get install slurm-wlm munge)"
+)
+SLURM_READY_S = 30.0
+# A cluster of its own: one partition of every node, root runs everything, processes tracked by
+# /proc (no cgroup plugin to set up), state and logs in this run's folder.
+SLURM_CONF = """ClusterName=ddipp
+SlurmctldHost={head}({head_address})
+AuthType=auth/munge
+AuthInfo=socket={munge_socket}
+CredType=cred/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={folder}/state
+SlurmdSpoolDir={folder}/spool-%n
+SlurmctldPidFile={folder}/slurmctld.pid
+SlurmdPidFile={folder}/slurmd-%n.pid
+SlurmctldLogFile={folder}/slurmctld.log
+SlurmdLogFile={folder}/slurmd-%n.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+{nodes}
+PartitionName=ddipp Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+SLURM_NODE = "NodeName={name} NodeAddr={address} NodeHostname={name} CPUs={cpus} State=UNKNOWN\n"
+# slurmd needs the cgroup hierarchies that `ip netns exec` hides (it mounts a fresh /sys): mount
+# in a host those this machine has, as it has them.
+MOUNT_CGROUPS = "mount -t tmpfs cgroup /sys/fs/cgroup\n"
+MOUNT_CGROUP = "mkdir -p {path} && mount -t {kind} -o {options} cgroup {path}\n"
+
+
+# A job of `per_node` ranks on each of `nodes` nodes, in an ipyparallel config file (ipyparallel's
+# default template leaves the placement to Slurm; a user's template says what their cluster needs).
+SLURM_TEMPLATE = """#!/bin/sh
+#SBATCH --job-name=ipengine-{{cluster_id}}
+#SBATCH --nodes={nodes}
+#SBATCH --ntasks-per-node={per_node}
+#SBATCH --output={{output_file}}
+srun {{program_and_args}}
+"""
+SLURM_CONFIG = (
+    "c.Cluster.controller_ip = {address!r}\nc.SlurmEngineSetLauncher.batch_template = {template!r}\n"
+)
+
+
+def slurm_config_file(path: str, controller_ip: str, nodes: int, per_node: int) -> str:
+    """An ipyparallel config file (what `%makedip --config` takes): the controller on
+    `controller_ip`, the engines in a job of `nodes` x `per_node`."""
+    template = SLURM_TEMPLATE.format(nodes=nodes, per_node=per_node)
+    with open(path, "w") as file:
+        file.write(SLURM_CONFIG.format(address=controller_ip, template=template))
+    return path
+
+
+def missing_slurm() -> str | None:
+    """Why Slurm cannot run in the simulated hosts here, or None."""
+    if any(shutil.which(tool) is None for tool in SLURM_TOOLS):
+        return NO_SLURM.format(tools=", ".join(SLURM_TOOLS))
+    return None
+
+
+class SlurmCluster:
+    """Slurm on simulated hosts: slurmctld on `head`, slurmd on each of `nodes`, and one munged
+    here whose socket (in this run's folder) every host uses. `env` is what a Slurm client
+    (sbatch, squeue) needs. `close` ends the daemons; ending the hosts ends what ran in them."""
+
+    def __init__(self, hosts: SimulatedHosts, head: Host, nodes: Sequence[Host]) -> None:
+        self.nodes = list(nodes)
+        self.folder = os.path.join(hosts._folder, "slurm")
+        os.makedirs(os.path.join(self.folder, "state"))
+        self._daemons: list[subprocess.Popen] = []
+        try:
+            self._build(head)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, head: Host) -> None:
+        nodes = self.nodes
+        key = os.path.join(self.folder, "munge.key")
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400), "wb") as file:
+            file.write(os.urandom(1024))
+        socket_path = os.path.join(self.folder, "munge.socket")
+        munge = ["munged", "--foreground", "--force", f"--socket={socket_path}", f"--key-file={key}"]
+        for name in ("pid-file", "seed-file", "log-file"):
+            munge.append(f"--{name}={os.path.join(self.folder, 'munged.' + name.split('-')[0])}")
+        self._start(munge)
+        conf = os.path.join(self.folder, "slurm.conf")
+        nodes_conf = "".join(
+            SLURM_NODE.format(name=node.name, address=node.address, cpus=os.cpu_count() or 1)
+            for node in nodes
+        )
+        with open(conf, "w") as file:
+            file.write(
+                SLURM_CONF.format(
+                    head=head.name,
+                    head_address=head.address,
+                    munge_socket=socket_path,
+                    folder=self.folder,
+                    nodes=nodes_conf,
+                )
+            )
+        self.env = {"SLURM_CONF": conf}
+        environment = dict(os.environ, **self.env)
+        self._start(head.command(["slurmctld", "-D", "-f", conf]), environment)
+        for node in nodes:
+            os.makedirs(os.path.join(self.folder, f"spool-{node.name}"))
+            node.run(["sh", "-c", _cgroup_mounts()])
+            self._start(node.command(["slurmd", "-D", "-f", conf, "-N", node.name]), environment)
+        self._wait_until_idle(environment)
+
+    def _start(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        self._daemons.append(
+            subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+
+    def _wait_until_idle(self, env: Mapping[str, str]) -> None:
+        deadline = time.monotonic() + SLURM_READY_S
+        while True:
+            states = subprocess.run(
+                ["sinfo", "--noheader", "--Node", "--format=%N %t"], env=env, capture_output=True, text=True
+            ).stdout.split()
+            if states.count("idle") == len(self.nodes):
+                return
+            if time.monotonic() > deadline:
+                logs = subprocess.run(
+                    f"tail -n 5 {self.folder}/*.log", shell=True, capture_output=True, text=True
+                ).stdout
+                raise RuntimeError(
+                    f"Slurm's nodes did not come up within {SLURM_READY_S:g} s: {states}\n{logs}"
+                )
+            time.sleep(0.2)
+
+    def jobs(self) -> list[str]:
+        """The jobs Slurm knows of that have not ended."""
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--format=%i %T"], env=dict(os.environ, **self.env), capture_output=True,
+            text=True, check=True,
+        ).stdout  # fmt: skip
+        return listed.split("\n")[:-1]
+
+    def close(self) -> None:
+        """End the daemons this started (by pid), the last started first."""
+        for daemon in reversed(self._daemons):
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=STOP_S)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        self._daemons = []
+
+
+def _cgroup_mounts() -> str:
+    """A shell script that mounts, under a fresh /sys/fs/cgroup, the cgroup hierarchies of this machine."""
+    script = MOUNT_CGROUPS
+    with open("/proc/self/mounts") as file:
+        for line in file:
+            _, path, kind, options, *_ = line.split()
+            if kind in ("cgroup", "cgroup2") and path.startswith("/sys/fs/cgroup/"):
+                script += MOUNT_CGROUP.format(path=path, kind=kind, options=options)
+    return script
+
+
+# What each rank sees of `names` in its environment, its host, and an all_reduce of every rank's.
+SEEN = (
+    "import os, socket\nt = torch.tensor([float(dist.get_rank() + 1)])\ndist.all_reduce(t)\n"
+    "seen = dict({n: os.environ.get(n) for n in names}, host=socket.gethostname(), total=t.item())\n"
+)
+
+
+def what_ranks_see(shell, names: Sequence[str], world_size: int) -> list[dict]:
+    """Per rank of the group in `shell` (app torch): the environment variables `names`, its host
+    name (`host`) and the sum of every rank's rank + 1 (`total`, by all_reduce)."""
+    shell.user_ns["names"] = tuple(names)
+    shell.run_line_magic("dip", "--push names")
+    shell.run_cell_magic("dip", "", SEEN)
+    seen = []
+    for rank in range(world_size):
+        shell.run_line_magic("dip", f"--pull seen --rank {rank}")
+        seen.append(shell.user_ns["seen"])
+    return seen
+
+
+def engine_connection(session) -> dict:
+    """The engine connection file of the controller that `session`'s group started."""
+    with open(session.cluster._cluster.controller.connection_files["engine"]) as file:
+        return json.load(file)
+
+
+# A notebook kernel stand-in: IPython with ddipp, a group, then a cell that keeps the engines busy.
+KERNEL = """
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+shell.run_line_magic("load_ext", "ddipp")
+shell.run_line_magic("makedip", {line!r})
+print("ready", flush=True)
+shell.run_cell_magic("dip", "", "import time\\ntime.sleep(600)")
+"""
+
+
+def kill_kernel_during_a_cell(makedip: str, hosts: Sequence[Host], gone_s: float) -> float:
+    """Start a group with `%makedip makedip` in a kernel stand-in, SIGKILL it during a cell; the
+    seconds until every process it started, here and in `hosts`, has ended (at most `gone_s`)."""
+    before = {host.name: {p.pid for p in host.processes()} for host in hosts}
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", KERNEL.format(line=makedip)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert kernel.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # the cell has reached the engines
+        started = {
+            host.name: [p for p in host.processes() if p.pid not in before[host.name]] for host in hosts
+        }
+        assert all(started.values()), started
+        here = psutil.Process(kernel.pid).children(recursive=True)
+        kernel.kill()
+        killed = time.monotonic()
+        kernel.wait()
+        left = psutil.wait_procs([p for ps in started.values() for p in ps] + here, timeout=gone_s)[1]
+        assert [p for p in left if _alive(p)] == []
+        return time.monotonic() - killed
+    finally:
+        if kernel.poll() is None:
+            kernel.kill()
+        kernel.stdout.close()
 
 
 def _listening_ports(host: Host) -> set[int]:

@@ -1,5 +1,6 @@
 """Groups on other hosts that fail before any engine runs: bad connection files (--attach),
-hosts ssh cannot resolve and bad launcher config files (--hosts)."""
+hosts ssh cannot resolve and bad launcher config files (--hosts), a controller that other hosts
+could not reach (--engines)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,17 @@ def test_hosts_that_cannot_be_started_fail_before_anything_runs_and_stay_idle(
     spec, _ = plan_group(hosts=hosts, config=config, app="none")
     session = DipSession(say=lambda text: None)
     with pytest.raises(LaunchFailed, match=message):
+        session.start(spec)
+    assert session.state is State.IDLE
+    assert session.cluster is None or session.cluster.pids() == frozenset()
+
+
+def test_engines_without_an_address_other_hosts_reach_fails_before_anything_runs(monkeypatch):
+    # This machine's name resolves to loopback (Debian's 127.0.1.1 line) and no controller_ip is set.
+    monkeypatch.setattr("socket.gethostbyname", lambda name: "127.0.1.1")
+    spec, _ = plan_group(engines="slurm", n="2", app="none")
+    session = DipSession(say=lambda text: None)
+    with pytest.raises(LaunchFailed, match=r"resolves to 127.0.1.1, .*c.Cluster.controller_ip = "):
         session.start(spec)
     assert session.state is State.IDLE
     assert session.cluster is None or session.cluster.pids() == frozenset()

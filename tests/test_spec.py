@@ -62,6 +62,14 @@ def test_no_flags_means_all_gpus():
         ({"n": "2", "backend": "carrier-pigeon"}, "is not one of"),
         ({"n": "2", "timeout": "0"}, "positive number"),
         ({"n": "2", "timeout": "soon"}, "positive number"),
+        (
+            {"engines": "torque", "n": "2"},
+            "is not one of ipyparallel's launchers ddipp starts ranks with: slurm",
+        ),
+        ({"engines": "slurm"}, "--engines slurm needs -n N"),
+        ({"engines": "slurm", "n": "2", "hosts": "node1:2"}, "it does not take --hosts"),
+        ({"engines": "slurm", "gpus": "all"}, "it does not take -g"),
+        ({"n": "2", "config": "ipcluster_config.py"}, "it goes with --hosts or --engines"),
     ],
 )
 def test_bad_flags_are_rejected_with_a_message_that_says_what_to_do(kwargs, words):
@@ -96,3 +104,12 @@ def test_an_app_of_the_other_major_version_names_the_installed_one(monkeypatch):
 def test_the_default_app_follows_the_installed_fastai(monkeypatch, version, app):
     monkeypatch.setattr("ddipp.apps.installed_version", lambda name: version)
     assert default_app() == app
+
+
+def test_engines_asks_a_launcher_for_n_cpu_ranks():
+    spec, notices = plan_group(engines="slurm", n="4", config="cluster.py", app="torch", visible_gpus=no_gpus)
+    assert (spec.world_size, spec.on_gpus, spec.backend, spec.engines, spec.config) == (
+        4, False, "gloo", "slurm", "cluster.py"
+    )  # fmt: skip
+    assert spec.describe() == "4 CPU rank(s) started with ipyparallel's slurm launcher, gloo, app torch"
+    assert notices == []

@@ -3,11 +3,8 @@ each with its own sshd (namespaces, as root; OpenSSH from `make`)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
-import textwrap
 import time
 
 import psutil
@@ -15,6 +12,7 @@ import pytest
 
 from ddipp.errors import GroupFailed
 from ddipp.fsm import State
+from tests.hosts import engine_connection, what_ranks_see
 
 pytestmark = pytest.mark.multihost
 
@@ -49,21 +47,6 @@ def ssh_hosts(simulated_hosts, tmp_path):
         assert [p for p in host.processes() if p.pid not in before[host.name]] == []
 
 
-@pytest.fixture
-def notebook():
-    from IPython.core.interactiveshell import InteractiveShell
-
-    from ddipp.magics import DipMagics
-    from ddipp.session import DipSession
-
-    shell = InteractiveShell.instance()
-    session = DipSession()
-    shell.register_magics(DipMagics(shell, session))
-    yield shell, session
-    session.shutdown()
-    assert session.cluster is None or session.cluster.pids() == frozenset()
-
-
 def hosts_flag(hosts, access, counts) -> str:
     return ",".join(f"{access.aliases[h.name]}:{n}" for h, n in zip(hosts.hosts, counts, strict=True))
 
@@ -74,10 +57,10 @@ def new_engines(hosts, before) -> dict[str, list[psutil.Process]]:
 
 
 def test_hosts_starts_engines_over_ssh_in_host_order_and_kill_leaves_nothing_on_any_host(
-    ssh_hosts, notebook, capsys
+    ssh_hosts, launching_notebook, capsys
 ):
     hosts, access = ssh_hosts
-    shell, session = notebook
+    shell, session = launching_notebook
     before = {h.name: {p.pid for p in h.processes()} for h in hosts.hosts}
     # The second host first, with two ranks: rank 0 and LOCAL_RANK follow --hosts, not ids.
     ordered = [hosts.hosts[1], hosts.hosts[0]]
@@ -86,19 +69,7 @@ def test_hosts_starts_engines_over_ssh_in_host_order_and_kill_leaves_nothing_on_
     assert session.state is State.PATCHED
     started = new_engines(hosts, before)
     assert all(started[h.name] for h in hosts.hosts)
-    shell.user_ns["names"] = CONTRACT
-    shell.run_line_magic("dip", "--push names")
-    capsys.readouterr()
-    shell.run_cell_magic(
-        "dip",
-        "",
-        "import os, socket\nt = torch.tensor([float(dist.get_rank() + 1)])\ndist.all_reduce(t)\n"
-        "seen = dict({n: os.environ.get(n) for n in names}, host=socket.gethostname(), total=t.item())\n",
-    )
-    seen = []
-    for rank in range(3):
-        shell.run_line_magic("dip", f"--pull seen --rank {rank}")
-        seen.append(shell.user_ns["seen"])
+    seen = what_ranks_see(shell, CONTRACT, 3)
     names = [h.name for h in ordered]
     assert [entry["host"] for entry in seen] == [names[0], names[0], names[1]]
     assert [entry["total"] for entry in seen] == [6.0] * 3
@@ -111,8 +82,7 @@ def test_hosts_starts_engines_over_ssh_in_host_order_and_kill_leaves_nothing_on_
     ]
     assert {entry["MASTER_ADDR"] for entry in seen} == {ordered[0].address}
     # The controller listens on the bridge only; its messages are signed and encrypted.
-    with open(session.cluster._cluster.controller.connection_files["engine"]) as file:
-        connection = json.load(file)
+    connection = engine_connection(session)
     assert connection["interface"] == f"tcp://{hosts.bridge_address}"
     assert connection["curve_serverkey"] and connection["key"] and connection["signature_scheme"]
     capsys.readouterr()
@@ -133,46 +103,19 @@ def test_hosts_starts_engines_over_ssh_in_host_order_and_kill_leaves_nothing_on_
 
 
 def test_a_kernel_killed_during_a_cell_leaves_no_engine_on_any_host(ssh_hosts):
+    from tests.hosts import kill_kernel_during_a_cell
+
     hosts, access = ssh_hosts
-    before = {h.name: {p.pid for p in h.processes()} for h in hosts.hosts}
-    flag = hosts_flag(hosts, access, (1, 1))
-    # A notebook kernel stand-in: IPython with ddipp, a group over ssh, then SIGKILL.
-    script = textwrap.dedent(
-        f"""
-        from IPython.core.interactiveshell import InteractiveShell
-        shell = InteractiveShell.instance()
-        shell.run_line_magic("load_ext", "ddipp")
-        shell.run_line_magic("makedip", "--hosts {flag} --config {access.config} -a none")
-        print("ready", flush=True)
-        shell.run_cell_magic("dip", "", "import time\\ntime.sleep(600)")  # the engines are busy
-        """
-    )
-    kernel = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert kernel.stdout.readline().strip() == "ready"
-        time.sleep(1.0)  # the cell has reached the engines
-        started = new_engines(hosts, before)
-        assert all(started.values())
-        local = psutil.Process(kernel.pid).children(recursive=True)
-        kernel.kill()
-        killed = time.monotonic()
-        kernel.wait()
-        gone = psutil.wait_procs([p for ps in started.values() for p in ps] + local, timeout=GONE_S)[1]
-        assert gone == []
-        print(
-            f"every engine on both hosts ended {time.monotonic() - killed:.1f} s after the kernel's SIGKILL"
-        )
-    finally:
-        if kernel.poll() is None:
-            kernel.kill()
-        kernel.stdout.close()
+    line = f"--hosts {hosts_flag(hosts, access, (1, 1))} --config {access.config} -a none"
+    seconds = kill_kernel_during_a_cell(line, hosts.hosts, GONE_S)
+    print(f"every engine on both hosts ended {seconds:.1f} s after the kernel's SIGKILL")
 
 
 def test_a_partitioned_host_fails_the_cell_before_the_collective_timeout_and_restart_works(
-    ssh_hosts, notebook, capsys
+    ssh_hosts, launching_notebook, capsys
 ):
     hosts, access = ssh_hosts
-    shell, session = notebook
+    shell, session = launching_notebook
     shell.run_line_magic(
         "makedip", f"--hosts {hosts_flag(hosts, access, (1, 1))} --config {access.config} -a torch -t 60"
     )

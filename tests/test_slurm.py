@@ -1,0 +1,126 @@
+"""`%makedip --engines slurm`: engines started by Slurm with ipyparallel's Slurm launcher, on
+simulated hosts (slurmctld on one, slurmd on two; namespaces, as root; Slurm and MUNGE from
+`make`)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+from ddipp.errors import LaunchFailed
+from ddipp.fsm import State
+from tests.hosts import engine_connection, slurm_config_file, what_ranks_see
+from tests.test_ssh_hosts import CONTRACT, GONE_S
+
+pytestmark = pytest.mark.multihost
+
+
+@pytest.fixture
+def slurm(slurm_hosts, tmp_path, monkeypatch):
+    """Slurm's nodes, SLURM_CONF set for its commands, the notebook's folder the test's own;
+    nothing started in the nodes or left in Slurm's queue after."""
+    hosts, slurm = slurm_hosts
+    monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
+    monkeypatch.chdir(tmp_path)
+    before = {node.name: {p.pid for p in node.processes()} for node in slurm.nodes}  # each slurmd
+    yield hosts, slurm
+    assert wait_for(lambda: slurm.jobs() == [])
+    for node in slurm.nodes:
+        assert wait_for(
+            lambda node=node: [p for p in node.processes() if p.pid not in before[node.name]] == []
+        )
+
+
+def config_file(path, hosts, nodes: int, per_node: int) -> str:
+    """An ipyparallel config file: the controller on the bridge, a job of `nodes` x `per_node`."""
+    return slurm_config_file(str(path), hosts.bridge_address, nodes, per_node)
+
+
+def wait_for(condition, timeout: float = GONE_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_engines_slurm_forms_a_group_in_node_order_and_kill_ends_the_job(
+    slurm, launching_notebook, tmp_path, capsys
+):
+    hosts, cluster = slurm
+    shell, session = launching_notebook
+    config = config_file(tmp_path / "ipcluster_config.py", hosts, nodes=2, per_node=2)
+    shell.run_line_magic("makedip", f"--engines slurm -n 4 --config {config} -a torch")
+    assert session.state is State.PATCHED
+    assert len(cluster.jobs()) == 1
+    seen = what_ranks_see(shell, (*CONTRACT, "SLURM_NODEID"), 4)
+    first, second = cluster.nodes
+    # Ranks follow the job's node order (rank 0 on its first node), whatever the registration order.
+    assert [entry["host"] for entry in seen] == [first.name, first.name, second.name, second.name]
+    assert [entry["SLURM_NODEID"] for entry in seen] == ["0", "0", "1", "1"]
+    assert [entry["total"] for entry in seen] == [10.0] * 4
+    assert [
+        (entry["RANK"], entry["LOCAL_RANK"], entry["LOCAL_WORLD_SIZE"], entry["GROUP_RANK"]) for entry in seen
+    ] == [("0", "0", "2", "0"), ("1", "1", "2", "0"), ("2", "0", "2", "1"), ("3", "1", "2", "1")]
+    assert {entry["MASTER_ADDR"] for entry in seen} == {first.address}
+    connection = engine_connection(session)
+    assert connection["interface"] == f"tcp://{hosts.bridge_address}"
+    assert connection["curve_serverkey"] and connection["key"]
+    capsys.readouterr()
+    shell.run_line_magic("dipstatus", "")
+    status = capsys.readouterr().out
+    for node in cluster.nodes:
+        assert f"engines on {node.name}: 2, started by ddipp with ipyparallel's slurm launcher" in status
+    # The job script is written in ddipp's private folder, not in the notebook's.
+    assert os.listdir(tmp_path) == ["ipcluster_config.py"]
+    # --restart cancels the job and submits a new one.
+    job = cluster.jobs()
+    shell.run_line_magic("makedip", "--restart")
+    assert len(cluster.jobs()) == 1 and cluster.jobs() != job
+    capsys.readouterr()
+    shell.run_cell_magic("dip", "", "t = torch.ones(1)\ndist.all_reduce(t)\nprint(t.item())")
+    assert capsys.readouterr().out == "4.0\n"
+    controller = session.cluster.pids()
+    shell.run_line_magic("makedip", "--kill")
+    assert session.state is State.IDLE
+    assert [pid for pid in controller if psutil.pid_exists(pid)] == []
+    # The fixture checks that the job is gone from Slurm's queue and its engines from the nodes.
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        # Refused at once: sbatch's own words.
+        ("#SBATCH --partition=nosuch", r"sbatch failed: sbatch: error: .*[Ii]nvalid partition"),
+        # Queued for nodes that do not exist: -t's bound, with the job's state in Slurm's words.
+        ("#SBATCH --nodes=3", r"0 of the 2 engine\(s\) .* within 5 s .*; their job \d+: PENDING"),
+    ],
+)
+def test_a_job_slurm_does_not_run_fails_saying_why_and_leaves_nothing(
+    slurm, launching_notebook, tmp_path, option, message
+):
+    hosts, cluster = slurm
+    shell, session = launching_notebook
+    path = tmp_path / "ipcluster_config.py"
+    config_file(path, hosts, nodes=1, per_node=2)
+    path.write_text(path.read_text().replace("#SBATCH --nodes=1", option))
+    with pytest.raises(LaunchFailed, match=message):
+        shell.run_line_magic("makedip", f"--engines slurm -n 2 --config {path} -a none -t 5")
+    assert session.state is State.IDLE
+    assert session.cluster is None or session.cluster.pids() == frozenset()
+    # The fixture checks that no job is left in Slurm's queue.
+
+
+def test_a_kernel_killed_during_a_cell_leaves_no_engine_on_any_node(slurm, tmp_path):
+    from tests.hosts import kill_kernel_during_a_cell
+
+    hosts, cluster = slurm
+    config = config_file(tmp_path / "ipcluster_config.py", hosts, nodes=2, per_node=1)
+    seconds = kill_kernel_during_a_cell(
+        f"--engines slurm -n 2 --config {config} -a none", cluster.nodes, GONE_S
+    )
+    print(f"every engine on both nodes ended {seconds:.1f} s after the kernel's SIGKILL")
