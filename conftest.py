@@ -51,7 +51,10 @@ TIERS = {
     "slow": ("--run-slow", "needs --run-slow"),
     "browser": ("--run-browser", "needs --run-browser"),
     "gpu": ("--run-gpu", "needs --run-gpu and CUDA GPUs: `make gpu-check` runs this tier (docs/gpu.md)"),
-    "multihost": ("--run-multihost", "needs --run-multihost, as root (simulated hosts are namespaces)"),
+    "multihost": (
+        "--run-multihost",
+        "needs --run-multihost, as root or in a user namespace (simulated hosts are namespaces)",
+    ),
 }
 NO_GPU = (
     "needs a CUDA GPU, and torch.cuda.device_count() is 0 here: "

@@ -175,13 +175,12 @@ def _bench_slurm(env: dict) -> dict[str, list[float]]:
     try:
         slurm = SlurmCluster(hosts, hosts.hosts[2], hosts.hosts[:2])
         try:
-            config = os.path.join(tempfile.mkdtemp(), "ipcluster_config.py")
-            slurm_config_file(config, hosts.bridge_address, nodes=2, per_node=1)
-            with KernelSession(dict(env, **slurm.env)) as kernel:
-                ok(kernel.run("%load_ext ddipp\nimport torch\n" + BY_HAND))
-                plain = PLAIN_SLURM.format(
-                    config=config, bridge=hosts.bridge_address, folder=os.path.dirname(config)
+            with tempfile.TemporaryDirectory() as folder, KernelSession(dict(env, **slurm.env)) as kernel:
+                config = slurm_config_file(
+                    os.path.join(folder, "ipcluster_config.py"), hosts.bridge_address, nodes=2, per_node=1
                 )
+                ok(kernel.run("%load_ext ddipp\nimport torch\n" + BY_HAND))
+                plain = PLAIN_SLURM.format(config=config, bridge=hosts.bridge_address, folder=folder)
                 _start_both(kernel, f"--engines slurm -n 2 --config {config}", plain, startup, "slurm")
         finally:
             slurm.close()

@@ -28,6 +28,8 @@ from .spec import GroupSpec
 LOOPBACK = "127.0.0.1"
 # The controller's heartbeat period bounds how fast engines register (~4 s at the default).
 CONTROLLER_ARGS = ["--HeartMonitor.period=500"]
+# How long a controller that is still starting gets to finish before it is stopped.
+SETTLE_S = 10.0
 # Seconds a process gets after SIGTERM before SIGKILL: ranks first, then the controller.
 STOP_GRACE_S = 2.0
 KILL_GRACE_S = 3.0
@@ -582,6 +584,7 @@ class IpyparallelRanks:
 
     def stop(self) -> None:
         """Stop every process we started; those that linger past a grace period are killed."""
+        self._let_controller_settle()
         family = self._family()
         if self._view is not None and self.ranks:
             from . import rank as rank_side
@@ -599,10 +602,23 @@ class IpyparallelRanks:
         _end_processes(family, STOP_GRACE_S)
         self._stop_local()
 
+    def _let_controller_settle(self) -> None:
+        """Before the controller is stopped: until it handles SIGTERM. It forks its schedulers
+        first, and a SIGTERM that comes before (a start that failed, or was interrupted, at once)
+        ends it alone, leaving those it forked running, ours no longer."""
+        controller = getattr(self._cluster, "controller", None) if self._cluster is not None else None
+        process = getattr(controller, "process", None)
+        if process is not None:
+            wait_until_stoppable(process.pid, SETTLE_S)
+
+    def _stop_failed(self, error: Exception) -> None:
+        """ipyparallel could not stop what it started: here, nothing to say (it is ended by pid)."""
+
     def _stop_local(self) -> None:
         """Let ipyparallel stop what it started, then end what is left of it here, by pid."""
         # Known before ipyparallel stops anything: children of a controller it ends (the
         # schedulers) are no longer ours to find.
+        self._let_controller_settle()
         family = self._family()
         if self._cluster is not None:
             # Ranks ended on purpose exit non-zero; ipyparallel would then dump their logs.
@@ -610,8 +626,8 @@ class IpyparallelRanks:
             self._cluster.log.setLevel(logging.ERROR)
             try:
                 self._cluster.stop_cluster_sync()
-            except Exception:
-                pass  # anything still running here is ended below
+            except Exception as error:
+                self._stop_failed(error)  # anything still running here is ended below
         _end_processes([p for p in {*family, *self._family()} if _is_alive(p)], KILL_GRACE_S)
         if self._rendezvous_dir is not None:
             shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
@@ -645,20 +661,20 @@ def _guarded(module: str) -> list[str]:
 
 
 def wait_until_stoppable(pid: int, timeout: float) -> None:
-    """Until the controller `pid` handles SIGTERM. It forks its schedulers first, and a SIGTERM
-    that comes before ends it alone, leaving those it forked running, ours no longer."""
+    """Until process `pid` handles SIGTERM, for `timeout` seconds at most (then it is stopped as
+    it is)."""
     caught = 1 << (signal.SIGTERM - 1)
     deadline = time.monotonic() + timeout
-    while True:
+    while time.monotonic() < deadline:
         try:
-            with open(f"/proc/{pid}/status") as status:
-                mask = next(line for line in status if line.startswith("SigCgt:")).split()[1]
-        except (OSError, StopIteration):
-            return  # gone (a stop finds nothing to miss), or no /proc to tell
-        if int(mask, 16) & caught:
+            with open(f"/proc/{pid}/status") as file:
+                status = dict(line.split(":", 1) for line in file if ":" in line)
+            ended = status["State"].split()[0] in ("Z", "X")
+            handles = int(status["SigCgt"], 16) & caught
+        except (OSError, KeyError, ValueError, IndexError):
+            return  # gone (nothing of it left to miss), or no /proc to tell
+        if ended or handles:
             return
-        if time.monotonic() > deadline:
-            raise LaunchFailed(f"the controller did not finish starting within {timeout:g} s")
         time.sleep(0.01)
 
 

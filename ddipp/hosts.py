@@ -49,11 +49,18 @@ def ranks_by_host(hosts: Sequence[Hashable]) -> list[list[int]]:
 
 def order_hosts(seen: Sequence[dict]) -> list[list[int]]:
     """Indices of the engines `seen` (`rank.describe_host`, in engine order) grouped by host:
-    hosts in the order of their `host_index` where a launcher set one (`--hosts`; a Slurm job's
-    node index), else in the order their first engine comes."""
-    # A launcher's host index tells hosts apart even when two of them have the same name.
-    groups = ranks_by_host([(engine["host_index"], engine["host"]) for engine in seen])
-    return sorted(groups, key=lambda group: int(seen[group[0]]["host_index"] or 0))
+    hosts in the order of their `host_index` where ddipp's launcher set one (`--hosts`), else in
+    their Slurm job's node order when every engine is of one job, else in the order their first
+    engine comes."""
+    if any(engine["host_index"] is not None for engine in seen):
+        # The --hosts entry tells hosts apart even when two of them have the same name.
+        groups = ranks_by_host([(engine["host_index"], engine["host"]) for engine in seen])
+        return sorted(groups, key=lambda group: int(seen[group[0]]["host_index"] or 0))
+    groups = ranks_by_host([engine["host"] for engine in seen])
+    jobs = {engine.get("slurm_job") for engine in seen}
+    if len(jobs) == 1 and None not in jobs:  # node indices mean something within one job only
+        return sorted(groups, key=lambda group: int(seen[group[0]]["slurm_node"]))
+    return groups
 
 
 def take_ranks(groups: list[list[int]], wanted: int | None) -> list[list[int]]:

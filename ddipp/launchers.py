@@ -30,7 +30,7 @@ import uuid
 from urllib.parse import urlparse
 
 from . import rank as rank_side
-from .cluster import CONTROLLER_ARGS, IpyparallelRanks, _guarded, own_logger, wait_until_stoppable
+from .cluster import CONTROLLER_ARGS, IpyparallelRanks, _guarded, own_logger
 from .errors import LaunchFailed
 from .hosts import AttachedRanks
 from .rank import HOST_INDEX, route_to
@@ -58,15 +58,25 @@ FOLDER_LEFT = "ddipp: could not remove {folder} on {host} ({error}); remove it b
 BAD_CONFIG = "--config {path}: not an ipyparallel config file ({error})"
 UNRESOLVED = "--hosts: ssh cannot resolve {host!r} ({error}); check the name or your ssh config"
 NOT_STARTED = "--hosts: the engines did not start over ssh on {hosts}: {error}"
-NOT_SUBMITTED = "--engines {name}: ipyparallel's {name} launcher could not start the engines: {error}"
+NOT_SUBMITTED = (
+    "--engines {name}: ipyparallel's {name} launcher could not start the engines: {error} "
+    "(the job's options come from --config: its batch template, queue, account)"
+)
 NO_CONTROLLER_ADDRESS = (
     "--engines {name}: this machine's name {host!r} resolves to {address}, which other hosts cannot "
     "reach; give the controller an address they reach in --config: c.Cluster.controller_ip = '...'"
 )
 COMMAND_FAILED = "{command} failed: {said}"
+NOT_STOPPED = (
+    "ddipp: {flag}: the launcher could not stop every engine ({error}); any still running end by "
+    "themselves within seconds, the controller being gone"
+)
+JOB_NOT_CANCELLED = "; the job may still be queued: cancel it with your batch system"
+NO_COMMAND = "{command} is not found here: run the notebook where the batch system's commands work"
 # How much of a batch job's output a failed start shows.
 OUTPUT_LINES = 20
-JOB_STATE = "; their job {job}: {state}"
+HOST_OUTPUT = "\nan engine's output on {host}, last lines:\n{tail}"
+JOB_STATE = "; their job {job}: {state} (waiting for nodes: raise -t, or ask for nodes the cluster has)"
 JOB_OUTPUT = "\nthe engines' output ({path}), last lines:\n{tail}"
 
 
@@ -105,13 +115,18 @@ def ssh_address(host: str, ssh_args: list[str]) -> str:
         raise LaunchFailed(UNRESOLVED.format(host=host, error=str(detail).strip())) from None
 
 
-def _indexed_launchers():
-    """ipyparallel's SSH engine launchers, each engine told which `--hosts` entry it is on."""
+def _indexed_launchers(created: list):
+    """ipyparallel's SSH engine launchers, each engine told which `--hosts` entry it is on, each
+    engine's launcher noted in `created` (ipyparallel forgets those whose engine has ended)."""
     from ipyparallel.cluster.launcher import SSHEngineLauncher, SSHEngineSetLauncher
     from traitlets import Unicode
 
     class IndexedSSHEngineLauncher(SSHEngineLauncher):
         host_index = Unicode("", config=True, help="the engine's host among --hosts (ddipp)")
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            created.append(self)
 
         def get_env(self):
             return dict(super().get_env(), **{HOST_INDEX: self.host_index})
@@ -138,6 +153,7 @@ class LaunchedRanks(AttachedRanks):
     """
 
     flag = ""  # the %makedip flag that asks for these ranks, for messages
+    not_stopped_advice = ""  # what to do when the launcher could not stop the engines
 
     def _configure(self, spec: GroupSpec, config, cluster_id: str, profile_dir: str) -> tuple[type, str]:
         """Set `config` up for the launcher; return its class and the controller's address."""
@@ -171,7 +187,6 @@ class LaunchedRanks(AttachedRanks):
         cluster.start_controller_sync(controller_cmd=_guarded("ipyparallel.controller"))
         self._adopt(cluster.controller.process.pid)
         _wait_for(cluster.controller.connection_files["client"], spec.timeout)
-        wait_until_stoppable(cluster.controller.process.pid, spec.timeout)
         os.remove(private)  # read by now: the key lives on in the 0600 connection files only
         try:
             cluster.start_engines_sync()
@@ -205,6 +220,10 @@ class LaunchedRanks(AttachedRanks):
     # What ddipp started here (the controller), as for a group on this machine.
     pids = IpyparallelRanks.pids
 
+    def _stop_failed(self, error: Exception) -> None:
+        # Engines on other hosts are not ours to end by pid: say what may still run.
+        print(NOT_STOPPED.format(flag=self.flag, error=error) + self.not_stopped_advice, file=sys.stderr)
+
     def stop(self) -> None:
         """Leave the group, stop the engines (through the launcher) and the controller."""
         super().stop()  # leaves the group and disconnects
@@ -219,6 +238,7 @@ class SshRanks(LaunchedRanks):
     def __init__(self) -> None:
         super().__init__()
         self._remote_folders: list[tuple[object, str]] = []
+        self._launched: list = []  # every engine launcher of this start, ended or not
 
     def _configure(self, spec: GroupSpec, config, cluster_id: str, profile_dir: str) -> tuple[type, str]:
         launcher = config.SSHEngineSetLauncher
@@ -235,7 +255,7 @@ class SshRanks(LaunchedRanks):
         }  # fmt: skip
         launcher.engine_args = [*launcher.get("engine_args", []), *ENGINE_ARGS]
         controller_ip = config.Cluster.get("controller_ip") or route_to(addresses[0])[0]
-        return _indexed_launchers(), controller_ip
+        return _indexed_launchers(self._launched), controller_ip
 
     def _not_started(self, spec: GroupSpec, error: Exception) -> str:
         return NOT_STARTED.format(hosts=", ".join(host for host, _ in spec.hosts), error=error)
@@ -243,10 +263,22 @@ class SshRanks(LaunchedRanks):
     def _engines_started(self) -> None:
         """Per folder written on a host, a launcher that reaches it (to remove it at the end)."""
         folders = {}
-        for engine_set in self._cluster.engines.values():
-            for launcher in engine_set.launchers.values():
-                folders.setdefault(launcher.remote_profile_dir, launcher)
+        for launcher in self._launched:
+            folders.setdefault(launcher.remote_profile_dir, launcher)
         self._remote_folders = [(launcher, folder) for folder, launcher in folders.items()]
+        self._launched = []
+
+    def _engines_output(self) -> str:
+        """Per host, the last lines its first engine wrote (fetched over ssh)."""
+        report = ""
+        for launcher, _ in self._remote_folders:
+            try:
+                lines = (launcher.get_output() or "").splitlines()[-OUTPUT_LINES:]
+            except Exception as error:  # the host cannot be reached: say so, as the output would
+                lines = [f"(not fetched: {error})"]
+            if lines:
+                report += HOST_OUTPUT.format(host=launcher.location, tail="\n".join(lines))
+        return report
 
     def stop(self) -> None:
         """Leave the group, stop the engines on every host and the controller, remove the files."""
@@ -266,18 +298,12 @@ class BatchRanks(LaunchedRanks):
     MPI): `-n N` engines in one job, wherever the batch system places them."""
 
     flag = "--engines"
+    not_stopped_advice = JOB_NOT_CANCELLED
 
     def _configure(self, spec: GroupSpec, config, cluster_id: str, profile_dir: str) -> tuple[type, str]:
-        from ipyparallel.cluster.launcher import BatchSystemLauncher, find_launcher_class
+        from ipyparallel.cluster.launcher import find_launcher_class
 
-        launcher_class = find_launcher_class(spec.engines, "engine")
-        section = config[launcher_class.__name__]
-        section.engine_args = [*section.get("engine_args", []), *ENGINE_ARGS]
-        if issubclass(launcher_class, BatchSystemLauncher):
-            if "batch_file_name" not in section:
-                # ipyparallel writes the job script in the kernel's working folder (the notebook's).
-                section.batch_file_name = os.path.join(self._rendezvous_dir, "engines.job")
-            launcher_class = _reporting(launcher_class)
+        launcher_class = _as_ddipp_runs(find_launcher_class(spec.engines, "engine"), self._rendezvous_dir)
         controller_ip = config.Cluster.get("controller_ip") or this_host_address(spec.engines)
         return launcher_class, controller_ip
 
@@ -314,11 +340,27 @@ def _job_state(launcher: str, job: str) -> str:
     return listed.stdout.strip() or listed.stderr.strip() or "no longer queued"
 
 
-def _reporting(launcher_class: type) -> type:
-    """`launcher_class` (a batch system's), saying what its submit or cancel command printed when
-    that command fails (ipyparallel leaves it on the kernel's stderr, which a notebook never shows)."""
+def _as_ddipp_runs(launcher_class: type, folder: str) -> type:
+    """ipyparallel's `launcher_class`, configured as the user's config file says, and then: its
+    engines told to end soon after their controller (ENGINE_ARGS after the user's), and, for a
+    batch system, the job script written in `folder` unless the config names a file (ipyparallel
+    writes it in the kernel's working folder: the notebook's), what the submit or cancel command
+    printed kept when it fails (ipyparallel leaves it on the kernel's stderr, which a notebook
+    never shows), and no cancel command run for a job that was never submitted."""
+    from ipyparallel.cluster.launcher import BatchSystemLauncher
 
-    class Reporting(launcher_class):
+    batch = issubclass(launcher_class, BatchSystemLauncher)
+
+    class Launcher(launcher_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.engine_args = [*self.engine_args, *ENGINE_ARGS]
+            if (
+                batch
+                and self.batch_file_name == launcher_class.class_traits()["batch_file_name"].default_value
+            ):
+                self.batch_file = os.path.join(folder, self.batch_file_name)
+
         def _run_command(self, command, **kwargs):
             try:
                 return super()._run_command(command, stderr=subprocess.PIPE, **kwargs)
@@ -326,9 +368,16 @@ def _reporting(launcher_class: type) -> type:
                 said = (error.stderr or b"").decode("utf8", "replace").strip()
                 said = said or f"exit status {error.returncode}"
                 raise LaunchFailed(COMMAND_FAILED.format(command=command[0], said=said)) from None
+            except FileNotFoundError:
+                raise LaunchFailed(NO_COMMAND.format(command=command[0])) from None
 
-    Reporting.__name__ = Reporting.__qualname__ = launcher_class.__name__
-    return Reporting
+        def stop(self):
+            if batch and not self.job_id:
+                return None  # refused: an empty job id could mean every job to some batch systems
+            return super().stop()
+
+    Launcher.__name__ = Launcher.__qualname__ = launcher_class.__name__
+    return Launcher
 
 
 def this_host_address(name: str) -> str:

@@ -68,14 +68,17 @@ def route_to(address: str) -> tuple[str, str | None]:
 
 def describe_host(controller_address: str) -> dict:
     """Where this rank runs: host name, pid, address and interface toward the controller, and
-    its host's place among `%makedip --hosts`, or in its Slurm job (None if neither)."""
+    its host's place among `%makedip --hosts` (None for engines ddipp did not start that way),
+    and its Slurm job and node index in the job (None outside Slurm)."""
     address, interface = route_to(controller_address)
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "address": address,
         "interface": interface,
-        "host_index": os.environ.get(HOST_INDEX) or os.environ.get("SLURM_NODEID"),
+        "host_index": os.environ.get(HOST_INDEX),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "slurm_node": os.environ.get("SLURM_NODEID"),
     }
 
 

@@ -1,4 +1,5 @@
-"""Simulated hosts on this machine: each its own network, UTS and PID namespaces (needs root).
+"""Simulated hosts on this machine: each its own network, UTS and PID namespaces (needs root, or
+root in a user namespace: ROOTLESS).
 
 A host is a network namespace joined to a bridge in the root namespace by a veth pair, in which
 `unshare` starts a small pid-1 reaper with its own host name, `/etc/hosts` and `/run`; commands
@@ -23,10 +24,21 @@ from dataclasses import dataclass
 import psutil
 
 TOOLS = ("ip", "unshare", "nsenter")
-NEEDS_ROOT = (
-    "simulated hosts need root (network, UTS and PID namespaces) and {tools}: run the tier as root "
-    "(sudo -E python -m pytest --run-multihost)"
+# Without root: the tier in a user namespace of its own, root there (with its own loopback).
+ROOTLESS = "unshare --user --map-root-user --net --mount sh -c 'ip link set lo up && " + (
+    "python -m pytest --run-multihost'"
 )
+NEEDS_ROOT = (
+    "simulated hosts need network, UTS and PID namespaces (root, or root in a user namespace) and "
+    "{tools}: run the tier as root (sudo -E python -m pytest --run-multihost) or in a user namespace "
+    "of its own (" + ROOTLESS + ")"
+)
+NO_NETNS_FOLDER = (
+    "in a user namespace, simulated hosts need a mount namespace of their own for /run/netns "
+    "({error}): run the tier as " + ROOTLESS
+)
+# Network namespaces are named by files here (`ip netns`).
+NETNS_FOLDER = "/run/netns"
 READY_S = 10.0
 STOP_S = 5.0
 # The controller's heartbeat period bounds how fast engines register (~4 s at the default).
@@ -52,6 +64,10 @@ SSHD = "/usr/sbin/sshd"
 NO_SSHD = (
     "the SSH tests need OpenSSH's server ({sshd}) and client (ssh, ssh-keygen): "
     "`make test` installs them when run as root (apt-get install openssh-server openssh-client)"
+)
+SSHD_IN_USER_NAMESPACE = (
+    "sshd cannot serve in a user namespace (its privilege separation calls setgroups, which the "
+    "namespace denies): run the SSH tests as root"
 )
 # One sshd per host, on its own address: key-only, for this run's key, no PAM.
 SSHD_CONFIG = """
@@ -80,16 +96,31 @@ SSH_DEFAULTS = """Host *
 
 
 def missing_requirement() -> str | None:
-    """Why simulated hosts cannot be built here, or None."""
+    """Why simulated hosts cannot be built here, or None. In a user namespace, `ip netns` gets a
+    folder of this mount namespace's own (the machine's belongs to its real root)."""
     if os.geteuid() != 0 or any(shutil.which(tool) is None for tool in TOOLS):
         return NEEDS_ROOT.format(tools=", ".join(TOOLS))
+    if in_user_namespace() and not os.access(NETNS_FOLDER, os.W_OK):
+        try:
+            os.makedirs(NETNS_FOLDER, exist_ok=True)
+            subprocess.run(["mount", "-t", "tmpfs", "netns", NETNS_FOLDER], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as error:
+            return NO_NETNS_FOLDER.format(error=getattr(error, "stderr", b"").decode().strip() or error)
     return None
+
+
+def in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace of its own (root there, not on the machine)."""
+    with open("/proc/self/uid_map") as file:
+        return file.read().split() != ["0", "0", "4294967295"]
 
 
 def missing_sshd() -> str | None:
     """Why sshd cannot run in the simulated hosts here, or None."""
     if not os.path.exists(SSHD) or any(shutil.which(tool) is None for tool in ("ssh", "ssh-keygen")):
         return NO_SSHD.format(sshd=SSHD)
+    if in_user_namespace():
+        return SSHD_IN_USER_NAMESPACE
     return None
 
 
@@ -278,6 +309,10 @@ NO_SLURM = (
     "the Slurm tests need Slurm and MUNGE ({tools}): `make test` installs them when run as root "
     "(apt-get install slurm-wlm munge)"
 )
+SLURM_IN_USER_NAMESPACE = (
+    "slurmd needs cgroup hierarchies mounted in each host, which a user namespace may not mount: "
+    "run the Slurm tests as root"
+)
 SLURM_READY_S = 30.0
 # A cluster of its own: one partition of every node, root runs everything, processes tracked by
 # /proc (no cgroup plugin to set up), state and logs in this run's folder.
@@ -339,6 +374,8 @@ def missing_slurm() -> str | None:
     """Why Slurm cannot run in the simulated hosts here, or None."""
     if any(shutil.which(tool) is None for tool in SLURM_TOOLS):
         return NO_SLURM.format(tools=", ".join(SLURM_TOOLS))
+    if in_user_namespace():
+        return SLURM_IN_USER_NAMESPACE
     return None
 
 

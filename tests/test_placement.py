@@ -198,6 +198,19 @@ def test_engines_started_over_ssh_follow_the_order_of_hosts_whatever_order_they_
     assert order_hosts(attached) == [[0, 2], [1]]
 
 
+def test_engines_of_one_slurm_job_are_in_its_node_order_and_hosts_stay_whole_across_jobs():
+    def engines(*placed):
+        return [{"host": h, "host_index": None, "slurm_job": j, "slurm_node": n} for h, j, n in placed]
+
+    one_job = engines(("b", "7", "1"), ("a", "7", "0"), ("b", "7", "1"), ("a", "7", "0"))
+    assert order_hosts(one_job) == [[1, 3], [0, 2]]
+    # Node indices of two jobs do not compare: each host whole, in the order its first engine comes.
+    two_jobs = engines(("x", "7", "0"), ("y", "7", "1"), ("y", "8", "0"), ("x", "8", "1"))
+    assert order_hosts(two_jobs) == [[0, 3], [1, 2]]
+    mixed = engines(("b", "7", "1"), ("a", None, None))
+    assert order_hosts(mixed) == [[0], [1]]
+
+
 @pytest.mark.parametrize(
     ("flag", "expected"),
     [("node1:2,node2:2", (("node1", 2), ("node2", 2))), ("me@a, b:3", (("me@a", 1), ("b", 3)))],

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from ddipp.errors import GroupFailed
+from ddipp.errors import GroupFailed, LaunchFailed
 from ddipp.fsm import State
 from tests.hosts import engine_connection, what_ranks_see
 
@@ -140,3 +140,32 @@ def test_a_partitioned_host_fails_the_cell_before_the_collective_timeout_and_res
     shell.run_cell_magic("dip", "", "t = torch.ones(1)\ndist.all_reduce(t)\nprint(t.item())")
     assert capsys.readouterr().out == "2.0\n"
     print(f"the partition failed the cell after {noticed:.1f} s")
+
+
+def test_engines_that_fail_on_their_hosts_fail_the_start_with_what_they_wrote(ssh_hosts, launching_notebook):
+    hosts, access = ssh_hosts
+    shell, session = launching_notebook
+    before = host_folders()  # those a killed kernel left (a test above)
+    # ssh works, the engines start and exit at once: a value their option does not take.
+    with open(access.config, "a") as file:
+        file.write("c.SSHEngineSetLauncher.engine_args = ['--IPEngine.timeout=soon']\n")
+    with pytest.raises(LaunchFailed) as raised:
+        shell.run_line_magic(
+            "makedip", f"--hosts {hosts_flag(hosts, access, (1, 1))} --config {access.config} -a none -t 5"
+        )
+    message = str(raised.value)
+    assert "--hosts: 0 of the 2 engine(s) asked for registered within 5 s" in message
+    for host in hosts.hosts:
+        assert f"an engine's output on {access.aliases[host.name]}, last lines:" in message
+    assert "soon" in message
+    assert session.state is State.IDLE
+    # Each host's folder is removed, though ipyparallel has forgotten the engines that ended.
+    assert host_folders() == before
+
+
+def host_folders() -> set[str]:
+    """The hosts' folders of ddipp's groups under the profile (the hosts share this filesystem)."""
+    import ipyparallel as ipp
+
+    folder = os.path.join(ipp.Cluster(load_profile=False).profile_dir, "ddipp-hosts")
+    return set(os.listdir(folder)) if os.path.isdir(folder) else set()
