@@ -5,15 +5,16 @@ simulated hosts (slurmctld on one, slurmd on two; namespaces, as root; Slurm and
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import psutil
 import pytest
 
-from ddipp.errors import LaunchFailed
+from ddipp.errors import GroupFailed, LaunchFailed
 from ddipp.fsm import State
 from tests.hosts import engine_connection, slurm_config_file, what_ranks_see
-from tests.test_ssh_hosts import CONTRACT, GONE_S
+from tests.test_ssh_hosts import CELL_S, CONTRACT, GONE_S
 
 pytestmark = pytest.mark.multihost
 
@@ -130,3 +131,32 @@ def test_a_kernel_killed_during_a_cell_leaves_no_engine_on_any_node(slurm, tmp_p
         f"--engines slurm -n 2 --config {config} -a none", cluster.nodes, GONE_S
     )
     print(f"every engine on both nodes ended {seconds:.1f} s after the kernel's SIGKILL")
+
+
+def test_a_rank_killed_on_a_node_fails_the_cell_naming_it_and_restart_submits_a_new_job(
+    slurm, launching_notebook, tmp_path, capsys
+):
+    hosts, cluster = slurm
+    shell, session = launching_notebook
+    config = config_file(tmp_path / "ipcluster_config.py", hosts, nodes=2, per_node=1)
+    shell.run_line_magic("makedip", f"--engines slurm -n 2 --config {config} -a torch -t 60")
+    victim = session.cluster.ranks[1]
+    node = next(node for node in cluster.nodes if node.name == victim.host)
+    job = cluster.jobs()
+    threading.Timer(1.0, node.run, [["kill", "-9", str(victim.pid)]]).start()
+    began = time.monotonic()
+    with pytest.raises(GroupFailed, match=rf"rank 1 \(pid {victim.pid} on {node.name}\) died"):
+        shell.run_cell_magic(
+            "dip",
+            "",
+            "import time\nfor _ in range(600):\n    dist.all_reduce(torch.ones(1))\n    time.sleep(0.1)",
+        )
+    noticed = time.monotonic() - began - 1.0
+    assert noticed < CELL_S  # the collective timeout is 60 s
+    assert session.state is State.FAILED
+    shell.run_line_magic("makedip", "--restart")
+    assert len(cluster.jobs()) == 1 and cluster.jobs() != job
+    capsys.readouterr()
+    shell.run_cell_magic("dip", "", "t = torch.ones(1)\ndist.all_reduce(t)\nprint(t.item())")
+    assert capsys.readouterr().out == "2.0\n"
+    print(f"the cell failed {noticed:.2f} s after the SIGKILL")
