@@ -606,10 +606,9 @@ class IpyparallelRanks:
         """Before the controller is stopped: until it handles SIGTERM. It forks its schedulers
         first, and a SIGTERM that comes before (a start that failed, or was interrupted, at once)
         ends it alone, leaving those it forked running, ours no longer."""
-        controller = getattr(self._cluster, "controller", None) if self._cluster is not None else None
-        process = getattr(controller, "process", None)
+        process = getattr(getattr(self._cluster, "controller", None), "process", None)
         if process is not None:
-            wait_until_stoppable(process.pid, SETTLE_S)
+            _wait_until_stoppable(process.pid, SETTLE_S)
 
     def _stop_failed(self, error: Exception) -> None:
         """ipyparallel could not stop what it started: here, nothing to say (it is ended by pid)."""
@@ -660,7 +659,7 @@ def _guarded(module: str) -> list[str]:
     return [sys.executable, "-m", "ddipp.guard", module]
 
 
-def wait_until_stoppable(pid: int, timeout: float) -> None:
+def _wait_until_stoppable(pid: int, timeout: float) -> None:
     """Until process `pid` handles SIGTERM, for `timeout` seconds at most (then it is stopped as
     it is)."""
     caught = 1 << (signal.SIGTERM - 1)

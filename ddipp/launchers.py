@@ -253,9 +253,8 @@ class SshRanks(LaunchedRanks):
                    "remote_profile_dir": remote_folder(profile_dir, cluster_id, index)}
             for index, (host, count) in enumerate(spec.hosts)
         }  # fmt: skip
-        launcher.engine_args = [*launcher.get("engine_args", []), *ENGINE_ARGS]
         controller_ip = config.Cluster.get("controller_ip") or route_to(addresses[0])[0]
-        return _indexed_launchers(self._launched), controller_ip
+        return _as_ddipp_runs(_indexed_launchers(self._launched), self._rendezvous_dir), controller_ip
 
     def _not_started(self, spec: GroupSpec, error: Exception) -> str:
         return NOT_STARTED.format(hosts=", ".join(host for host, _ in spec.hosts), error=error)
@@ -312,7 +311,7 @@ class BatchRanks(LaunchedRanks):
 
     def _engines_output(self) -> str:
         report = ""
-        for engine_set in self._cluster.engines.values() if self._cluster is not None else ():
+        for engine_set in self._cluster.engines.values():
             job = getattr(engine_set, "job_id", "")
             if job:
                 report += JOB_STATE.format(job=job, state=_job_state(self._spec.engines, job))
@@ -342,11 +341,12 @@ def _job_state(launcher: str, job: str) -> str:
 
 def _as_ddipp_runs(launcher_class: type, folder: str) -> type:
     """ipyparallel's `launcher_class`, configured as the user's config file says, and then: its
-    engines told to end soon after their controller (ENGINE_ARGS after the user's), and, for a
-    batch system, the job script written in `folder` unless the config names a file (ipyparallel
-    writes it in the kernel's working folder: the notebook's), what the submit or cancel command
-    printed kept when it fails (ipyparallel leaves it on the kernel's stderr, which a notebook
-    never shows), and no cancel command run for a job that was never submitted."""
+    engines told to end soon after their controller (ENGINE_ARGS after the user's, set on the
+    launcher so that the user's, on whatever class of theirs, stay), and, for a batch system, the
+    job script written in `folder` unless the config names a file (ipyparallel writes it in the
+    kernel's working folder: the notebook's), what the submit or cancel command printed kept when
+    it fails (ipyparallel leaves it on the kernel's stderr, which a notebook never shows), and no
+    cancel command run for a job that was never submitted."""
     from ipyparallel.cluster.launcher import BatchSystemLauncher
 
     batch = issubclass(launcher_class, BatchSystemLauncher)
@@ -361,20 +361,22 @@ def _as_ddipp_runs(launcher_class: type, folder: str) -> type:
             ):
                 self.batch_file = os.path.join(folder, self.batch_file_name)
 
-        def _run_command(self, command, **kwargs):
-            try:
-                return super()._run_command(command, stderr=subprocess.PIPE, **kwargs)
-            except subprocess.CalledProcessError as error:
-                said = (error.stderr or b"").decode("utf8", "replace").strip()
-                said = said or f"exit status {error.returncode}"
-                raise LaunchFailed(COMMAND_FAILED.format(command=command[0], said=said)) from None
-            except FileNotFoundError:
-                raise LaunchFailed(NO_COMMAND.format(command=command[0])) from None
+        if batch:
 
-        def stop(self):
-            if batch and not self.job_id:
-                return None  # refused: an empty job id could mean every job to some batch systems
-            return super().stop()
+            def _run_command(self, command, **kwargs):
+                try:
+                    return super()._run_command(command, stderr=subprocess.PIPE, **kwargs)
+                except subprocess.CalledProcessError as error:
+                    said = (error.stderr or b"").decode("utf8", "replace").strip()
+                    said = said or f"exit status {error.returncode}"
+                    raise LaunchFailed(COMMAND_FAILED.format(command=command[0], said=said)) from None
+                except FileNotFoundError:
+                    raise LaunchFailed(NO_COMMAND.format(command=command[0])) from None
+
+            def stop(self):
+                if not self.job_id:
+                    return None  # refused: an empty job id could mean every job to some batch systems
+                return super().stop()
 
     Launcher.__name__ = Launcher.__qualname__ = launcher_class.__name__
     return Launcher
@@ -389,9 +391,10 @@ def this_host_address(name: str) -> str:
         address = socket.gethostbyname(host)
     except OSError as error:
         address = f"nothing ({error})"
-    if not address[0].isdigit() or address.startswith("127."):
-        raise LaunchFailed(NO_CONTROLLER_ADDRESS.format(name=name, host=host, address=address))
-    return address
+    else:
+        if not address.startswith("127."):
+            return address
+    raise LaunchFailed(NO_CONTROLLER_ADDRESS.format(name=name, host=host, address=address))
 
 
 def _wait_for(path: str, timeout: float) -> None:

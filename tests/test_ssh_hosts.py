@@ -69,6 +69,11 @@ def test_hosts_starts_engines_over_ssh_in_host_order_and_kill_leaves_nothing_on_
     assert session.state is State.PATCHED
     started = new_engines(hosts, before)
     assert all(started[h.name] for h in hosts.hosts)
+    # Every engine is told to end soon after its controller.
+    (engines,) = session.cluster._cluster.engines.values()
+    assert all(
+        e.engine_args[-1:] == ["--IPEngine.max_heartbeat_misses=3"] for e in engines.launchers.values()
+    )
     seen = what_ranks_see(shell, CONTRACT, 3)
     names = [h.name for h in ordered]
     assert [entry["host"] for entry in seen] == [names[0], names[0], names[1]]
