@@ -2,17 +2,20 @@
 
 The same workload (bench/workload.py, 2 CPU ranks) in every place a rank can run, interleaved
 round after round: in ddipp's engines as a cell, as a plain function call (no cell machinery),
-and with a longer GIL switch interval; in bare `ipengine`s (no ddipp: no guard thread, no
-environment contract, no FileStore) through `%%px`, and in bare engines without ipykernel's
-fd-watch threads, and with the longer switch interval; under torchrun, under torchrun with gloo
-on the loopback interface as ddipp sets it, and with the longer switch interval. Each figure
-is a median over GAP_ROUNDS runs with its range, CPU seconds per run (every thread of rank 0's
-process, over the timed steps) and the threads of each rank process.
+and with a longer GIL switch interval; in ddipp's engines started just before (a group of a
+second kernel, started, warmed up by one run and stopped in each round); in bare `ipengine`s
+(no ddipp: no guard thread, no environment contract, no FileStore) through `%%px`, and in bare
+engines without ipykernel's fd-watch threads, and with the longer switch interval; under
+torchrun, under torchrun with gloo on the loopback interface as ddipp sets it, and with the
+longer switch interval. Each figure is a median over GAP_ROUNDS runs with its range, CPU
+seconds per run (every thread of rank 0's process, over the timed steps) and the threads of
+each rank process.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 
 from ipykernel.iostream import OutStream
 
@@ -82,6 +85,8 @@ IN_KERNEL = {
     "ipengine_switch_50ms_px": f"%%pxbare\nimport sys\nsys.setswitchinterval(0.05)\n{TRAIN}\n"
     "sys.setswitchinterval(0.005)",
 }
+# In a group started for the run alone: started, warmed up as every contender is, measured, stopped.
+FRESH = "ddipp_fresh_engines"
 # Under torchrun, in what environment (beside the kernel's).
 TORCHRUN = {
     "torchrun": {},
@@ -100,9 +105,14 @@ class OutStreamWithoutFdWatch(OutStream):
 
 def bench_gap(env: dict) -> dict:
     """Every contender GAP_ROUNDS times, interleaved; `spread` summarises them against torchrun."""
-    samples: dict[str, list[dict]] = {name: [] for name in [*IN_KERNEL, *TORCHRUN]}
-    with KernelSession(env) as kernel:
+    samples: dict[str, list[dict]] = {name: [] for name in [*IN_KERNEL, FRESH, *TORCHRUN]}
+    with (
+        tempfile.TemporaryDirectory() as fresh_ipython_dir,
+        KernelSession(env) as kernel,
+        KernelSession(dict(env, IPYTHONDIR=fresh_ipython_dir)) as fresh_kernel,
+    ):
         ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch"))
+        ok(fresh_kernel.run("%load_ext ddipp"))
         try:
             threads = json.loads(ok(kernel.run(BARE)).text().split("THREADS ", 1)[1])
             for code in IN_KERNEL.values():  # warm-up
@@ -113,6 +123,8 @@ def bench_gap(env: dict) -> dict:
                 for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                     if name in IN_KERNEL:
                         samples[name].append(result_line(ok(kernel.run(IN_KERNEL[name])).shown_text()))
+                    elif name == FRESH:
+                        samples[name].append(_in_fresh_engines(fresh_kernel))
                     else:
                         torchrun_env = dict(env, **TORCHRUN[name])
                         samples[name].append(run_module(torchrun_env, "bench.workload", ranks=2))
@@ -120,5 +132,16 @@ def bench_gap(env: dict) -> dict:
             kernel.run(BARE_STOP)
             kernel.run("%makedip --kill")
     summary = spread(samples, "ddipp_cell", "torchrun")
+    fresh = spread(samples, FRESH, "torchrun")
+    summary["fresh_ratio_median"], summary["fresh_ratio_iqr"] = fresh["ratio_median"], fresh["ratio_iqr"]
     summary["threads"] = threads
     return summary
+
+
+def _in_fresh_engines(kernel: KernelSession) -> dict:
+    ok(kernel.run("%makedip -n 2 -a torch"))
+    try:
+        ok(kernel.run(IN_KERNEL["ddipp_cell"]))  # the warm-up every other contender had
+        return result_line(ok(kernel.run(IN_KERNEL["ddipp_cell"])).shown_text())
+    finally:
+        ok(kernel.run("%makedip --kill"))
