@@ -143,5 +143,5 @@ def _in_fresh_engines(kernel: KernelSession) -> dict:
     try:
         ok(kernel.run(IN_KERNEL["ddipp_cell"]))  # the warm-up every other contender had
         return result_line(ok(kernel.run(IN_KERNEL["ddipp_cell"])).shown_text())
-    finally:
-        ok(kernel.run("%makedip --kill"))
+    finally:  # (not checked: an error above says more)
+        kernel.run("%makedip --kill")
