@@ -32,10 +32,76 @@ NOT_A_CONNECTION_FILE = "--attach {path}: not an ipyparallel cluster file or cli
 TOO_FEW_ENGINES = "{flag}: {found} of the {wanted} engine(s) asked for registered within {timeout:g} s (-t)"
 NO_ENGINES = "--attach: no engine is registered with the controller of {path}"
 ENGINE_GONE = "its engine is no longer registered with the controller"
+HOST_GPUS = (
+    "-g: {host} runs {ranks} GPU rank(s), on its GPU(s) {needed}, but its engines see {count} GPU(s) "
+    "({seen}); ask for fewer ranks per host, other GPU ids in -g, or CPU ranks (no -g)"
+)
+FEWER_GPU_IDS = (
+    "-g: {host} runs {ranks} GPU rank(s), more than the {listed} GPU id(s) -g lists; list one id "
+    "per rank of a host, or start fewer ranks per host (the batch template's tasks per node)"
+)
+ONE_HOST_TWICE = (
+    "-g: {host} and {other} are one machine (their engines reach the controller from the same "
+    "address): its GPUs would hold two ranks each; give it once in --hosts"
+)
+GPUS_BOUND_PER_ENGINE = (
+    "-g: the engines on {host} see different GPUs (CUDA_VISIBLE_DEVICES differs, as with Slurm's "
+    "--gpus-per-task); ddipp gives each rank its GPU itself: let every engine of a host see the "
+    "host's GPUs (--gres=gpu:N, no per-task binding)"
+)
 ENGINES_BUSY = (
     "the engines did not answer within {timeout:g} s: some still run an earlier request (a cell "
     "that never ended?); interrupt or restart them (ipcluster), then %makedip again"
 )
+
+
+def devices_per_host(
+    spec: GroupSpec, seen: Sequence[dict], ranks_per_host: Sequence[int]
+) -> tuple[list[tuple[int | None, ...]], list[dict]]:
+    """Per host (its engines `seen` in rank order, `ranks_per_host` of them each), each rank's GPU
+    id as that host numbers its GPUs (None: CPU), and what placement reads of the host's own
+    environment (`describe_host`'s: what is set there stays, as under torchrun). `LaunchFailed`
+    for GPU ranks a host cannot hold."""
+    devices: list[tuple[int | None, ...]] = []
+    inherited: list[dict] = []
+    first = 0
+    hosts_of_gpu_ranks: dict[str, str] = {}  # address -> host
+    for ranks in ranks_per_host:
+        engines = seen[first : first + ranks]
+        first += ranks
+        inherited.append(dict(engines[0].get("environment", {})))
+        if spec.local_gpus is None:
+            devices.append((None,) * ranks)
+            continue
+        host, address = engines[0]["host"], engines[0]["address"]
+        if address in hosts_of_gpu_ranks:  # two --hosts entries, one machine: its GPUs twice
+            raise LaunchFailed(ONE_HOST_TWICE.format(host=host, other=hosts_of_gpu_ranks[address]))
+        hosts_of_gpu_ranks[address] = host
+        devices.append(gpus_of_host(spec, engines))
+    return devices, inherited
+
+
+def gpus_of_host(spec: GroupSpec, engines: Sequence[dict]) -> tuple[int, ...]:
+    """The GPU ids of a host's GPU ranks, one per engine of it (`engines`, as `describe_host`
+    saw them); `LaunchFailed` if the host has too few GPUs for them."""
+    seen = engines[0]
+    visible = seen.get("environment", {}).get("CUDA_VISIBLE_DEVICES")
+    if any(engine.get("environment", {}).get("CUDA_VISIBLE_DEVICES") != visible for engine in engines):
+        raise LaunchFailed(GPUS_BOUND_PER_ENGINE.format(host=seen["host"]))
+    ranks, count = len(engines), seen["gpus"]
+    needed = spec.gpus_on_host(ranks)
+    if len(needed) < ranks:
+        raise LaunchFailed(FEWER_GPU_IDS.format(host=seen["host"], ranks=ranks, listed=len(needed)))
+    if max(needed) < count:
+        return needed
+    if visible is not None:
+        counted = f"CUDA_VISIBLE_DEVICES={visible!r}"
+    else:
+        counted = "by the NVIDIA driver" if count else "no NVIDIA driver, no CUDA_VISIBLE_DEVICES"
+    listed = ",".join(map(str, needed))
+    raise LaunchFailed(
+        HOST_GPUS.format(host=seen["host"], ranks=ranks, needed=listed, count=count, seen=counted)
+    )
 
 
 def ranks_by_host(hosts: Sequence[Hashable]) -> list[list[int]]:
@@ -59,6 +125,10 @@ def order_hosts(seen: Sequence[dict]) -> list[list[int]]:
     groups = ranks_by_host([engine["host"] for engine in seen])
     jobs = {engine.get("slurm_job") for engine in seen}
     if len(jobs) == 1 and None not in jobs:  # node indices mean something within one job only
+        # Within a node, in Slurm's task order: the CPUs it binds a task to follow it.
+        groups = [
+            sorted(group, key=lambda index: int(seen[index].get("slurm_local") or 0)) for group in groups
+        ]
         return sorted(groups, key=lambda group: int(seen[group[0]]["slurm_node"]))
     return groups
 
@@ -114,6 +184,10 @@ class AttachedRanks(IpyparallelRanks):
         client = connect(spec.attach)
         self._adopt_engines(client, spec.world_size or None, spec.timeout, "--attach")
 
+    def _wait_for_engines(self, client, wanted: int, timeout: float) -> None:
+        """Until `wanted` engines are registered; TimeoutError after `timeout`."""
+        client.wait_for_engines(wanted, timeout=timeout, interactive=False)
+
     def _adopt_engines(self, client, wanted: int | None, timeout: float, flag: str) -> None:
         """Take `wanted` of `client`'s engines (all if None) as the ranks, ordered host by host:
         by the launcher's host index where it set one (`--hosts` order), else by engine id."""
@@ -121,7 +195,7 @@ class AttachedRanks(IpyparallelRanks):
 
         self._client = client
         try:
-            client.wait_for_engines(wanted or 1, timeout=timeout, interactive=False)
+            self._wait_for_engines(client, wanted or 1, timeout)
         except TimeoutError:
             if wanted is None:
                 raise LaunchFailed(NO_ENGINES.format(path=self._spec.attach)) from None
@@ -146,18 +220,23 @@ class AttachedRanks(IpyparallelRanks):
         from . import rank as rank_side
 
         self._formations += 1
+        devices, inherited = devices_per_host(spec, self._seen, self._ranks_per_host)
         master = self._seen[0]["address"]
         port = self._client[self._engine_ids[0]].apply_sync(rank_side.open_rendezvous, master)
-        # The ranks' own environment, not the notebook's, decides their threads (as torchrun's).
-        placements = place_hosts(self._ranks_per_host, master_addr=master, master_port=port, inherited={})
+        placements = place_hosts(devices, master_addr=master, master_port=port, inherited=inherited)
         world_size = len(self._engine_ids)
         pending = []
         for rank, engine_id in enumerate(self._engine_ids):
             environment = dict(placements[rank].environment)
             interface = self._seen[rank]["interface"]
-            if interface is not None:
-                # gloo would otherwise listen on what the host name resolves to (Debian: 127.0.1.1).
-                environment["GLOO_SOCKET_IFNAME"] = interface
+            own = self._seen[rank].get("environment", {})
+            # gloo would otherwise listen on what the host name resolves to (Debian: 127.0.1.1),
+            # NCCL's sockets on the first interface it likes; a choice made on the host stays.
+            for variable in (
+                ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME") if spec.on_gpus else ("GLOO_SOCKET_IFNAME",)
+            ):
+                if interface is not None and variable not in own:
+                    environment[variable] = interface
             pending.append(
                 self._client[engine_id].apply_async(
                     rank_side.form_group,

@@ -67,6 +67,10 @@ NO_CONTROLLER_ADDRESS = (
     "reach; give the controller an address they reach in --config: c.Cluster.controller_ip = '...'"
 )
 COMMAND_FAILED = "{command} failed: {said}"
+# How long a batch system's command (sbatch, scancel) may take: they answer in about a second,
+# or retry for minutes when the batch system's controller cannot be reached.
+BATCH_COMMAND_S = 60.0
+COMMAND_SLOW = "{command} did not answer within {seconds:g} s: is the batch system's controller up?"
 NOT_STOPPED = (
     "ddipp: {flag}: the launcher could not stop every engine ({error}); any still running end by "
     "themselves within seconds, the controller being gone"
@@ -76,7 +80,21 @@ NO_COMMAND = "{command} is not found here: run the notebook where the batch syst
 # How much of a batch job's output a failed start shows.
 OUTPUT_LINES = 20
 HOST_OUTPUT = "\nan engine's output on {host}, last lines:\n{tail}"
-JOB_STATE = "; their job {job}: {state} (waiting for nodes: raise -t, or ask for nodes the cluster has)"
+JOB_STATE = "; their job {job}: {state}"
+STILL_PENDING = " (waiting for nodes: raise -t, or ask for nodes the cluster has)"
+# While engines register: how often ddipp asks whether the launcher's engines have ended.
+ENDED_CHECK_S = 1.0
+ENGINES_ENDED = "{flag}: {found} of the {wanted} engine(s) asked for registered, and {why}"
+HOST_ENDED = "the engine(s) on {hosts} ended before the group formed"
+ENGINE_SET_ENDED = "ipyparallel says: {error}"
+JOB_ENDED = "their job has ended"
+# Slurm job states after which no engine of the job comes (squeue's long names).
+JOB_FINAL = {
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "COMPLETING", "DEADLINE", "FAILED", "NODE_FAIL",
+    "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT",
+}  # fmt: skip
+# How often squeue is asked while a job's engines register (a job may wait in the queue long).
+JOB_CHECK_S = 5.0
 JOB_OUTPUT = "\nthe engines' output ({path}), last lines:\n{tail}"
 
 
@@ -123,6 +141,7 @@ def _indexed_launchers(created: list):
 
     class IndexedSSHEngineLauncher(SSHEngineLauncher):
         host_index = Unicode("", config=True, help="the engine's host among --hosts (ddipp)")
+        ended = False
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -130,6 +149,12 @@ def _indexed_launchers(created: list):
 
         def get_env(self):
             return dict(super().get_env(), **{HOST_INDEX: self.host_index})
+
+        def wait_one(self, timeout):
+            # (ipyparallel's waiting thread: it returns once the engine has ended on its host)
+            exit_code = super().wait_one(timeout)
+            self.ended = True
+            return exit_code
 
     class IndexedSSHEngineSetLauncher(SSHEngineSetLauncher):
         launcher_class = IndexedSSHEngineLauncher
@@ -210,6 +235,29 @@ class LaunchedRanks(AttachedRanks):
         """What to say when the launcher failed to start the engines."""
         raise NotImplementedError
 
+    def _wait_for_engines(self, client, wanted: int, timeout: float) -> None:
+        """As for attached engines, but a start whose engines have ended fails then, not at -t."""
+        from ipyparallel.error import EngineError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return super()._wait_for_engines(client, wanted, max(min(ENDED_CHECK_S, left), 0))
+            except TimeoutError:
+                if left <= ENDED_CHECK_S:
+                    raise
+                why = self._engines_ended()
+            except EngineError as error:  # ipyparallel saw an engine, or all of them, end
+                why = self._engines_ended() or ENGINE_SET_ENDED.format(error=error)
+            if why:
+                found = len(client.ids)
+                raise LaunchFailed(ENGINES_ENDED.format(flag=self.flag, found=found, wanted=wanted, why=why))
+
+    def _engines_ended(self) -> str:
+        """Why not every engine asked for can still register ('' while they can, or if unknown)."""
+        return ""
+
     def _engines_started(self) -> None:
         """Note what the launcher left on other hosts (called whether it succeeded or not)."""
 
@@ -239,6 +287,7 @@ class SshRanks(LaunchedRanks):
         super().__init__()
         self._remote_folders: list[tuple[object, str]] = []
         self._launched: list = []  # every engine launcher of this start, ended or not
+        self._engine_launchers: list = []
 
     def _configure(self, spec: GroupSpec, config, cluster_id: str, profile_dir: str) -> tuple[type, str]:
         launcher = config.SSHEngineSetLauncher
@@ -265,7 +314,11 @@ class SshRanks(LaunchedRanks):
         for launcher in self._launched:
             folders.setdefault(launcher.remote_profile_dir, launcher)
         self._remote_folders = [(launcher, folder) for folder, launcher in folders.items()]
-        self._launched = []
+        self._engine_launchers, self._launched = self._launched, []
+
+    def _engines_ended(self) -> str:
+        ended = {launcher.location: None for launcher in self._engine_launchers if launcher.ended}
+        return HOST_ENDED.format(hosts=", ".join(ended)) if ended else ""
 
     def _engines_output(self) -> str:
         """Per host, the last lines its first engine wrote (fetched over ssh)."""
@@ -299,6 +352,10 @@ class BatchRanks(LaunchedRanks):
     flag = "--engines"
     not_stopped_advice = JOB_NOT_CANCELLED
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._job_checked = 0.0  # when squeue was last asked while the engines register
+
     def _configure(self, spec: GroupSpec, config, cluster_id: str, profile_dir: str) -> tuple[type, str]:
         from ipyparallel.cluster.launcher import find_launcher_class
 
@@ -309,12 +366,25 @@ class BatchRanks(LaunchedRanks):
     def _not_started(self, spec: GroupSpec, error: Exception) -> str:
         return NOT_SUBMITTED.format(name=spec.engines, error=str(error).strip())
 
+    def _engines_ended(self) -> str:
+        now = time.monotonic()
+        if now - self._job_checked < JOB_CHECK_S:
+            return ""
+        self._job_checked = now
+        states = [_job_state(self._spec.engines, job) for job in self._job_ids()]
+        return JOB_ENDED if any(state.split(" ", 1)[0] in JOB_FINAL for state in states) else ""
+
+    def _job_ids(self) -> list[str]:
+        jobs = (getattr(engine_set, "job_id", "") for engine_set in self._cluster.engines.values())
+        return [job for job in jobs if job]
+
     def _engines_output(self) -> str:
         report = ""
+        for job in self._job_ids():
+            state = _job_state(self._spec.engines, job) or f"ask {self._spec.engines} for its state"
+            report += JOB_STATE.format(job=job, state=state)
+            report += STILL_PENDING if state.startswith("PENDING") else ""
         for engine_set in self._cluster.engines.values():
-            job = getattr(engine_set, "job_id", "")
-            if job:
-                report += JOB_STATE.format(job=job, state=_job_state(self._spec.engines, job))
             path = getattr(engine_set, "output_file", "")
             if path and os.path.exists(path):
                 with open(path, errors="replace") as file:
@@ -324,19 +394,20 @@ class BatchRanks(LaunchedRanks):
 
 
 def _job_state(launcher: str, job: str) -> str:
-    """What the batch system says of `job` (Slurm: its state and reason), or why it cannot say."""
+    """What the batch system says of `job` (Slurm: its state and reason, also once it has ended,
+    while slurmctld remembers it; else why squeue could not say), or '' for other batch systems."""
     if launcher != "slurm":
-        return f"ask {launcher} for its state"
+        return ""
     try:
         listed = subprocess.run(
-            ["squeue", "--noheader", f"--jobs={job}", "--format=%T (%r)"],
+            ["squeue", "--noheader", "--states=all", f"--jobs={job}", "--format=%T (%r)"],
             capture_output=True,
             text=True,
             timeout=RESOLVE_S,
         )
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"squeue failed: {error}"
-    return listed.stdout.strip() or listed.stderr.strip() or "no longer queued"
+    return listed.stdout.strip() or f"squeue failed: {listed.stderr.strip() or 'it listed nothing'}"
 
 
 def _as_ddipp_runs(launcher_class: type, folder: str) -> type:
@@ -345,8 +416,8 @@ def _as_ddipp_runs(launcher_class: type, folder: str) -> type:
     launcher so that the user's, on whatever class of theirs, stay), and, for a batch system, the
     job script written in `folder` unless the config names a file (ipyparallel writes it in the
     kernel's working folder: the notebook's), what the submit or cancel command printed kept when
-    it fails (ipyparallel leaves it on the kernel's stderr, which a notebook never shows), and no
-    cancel command run for a job that was never submitted."""
+    it fails (ipyparallel leaves it on the kernel's stderr, which a notebook never shows), such a
+    command given BATCH_COMMAND_S, and no cancel command run for a job that was never submitted."""
     from ipyparallel.cluster.launcher import BatchSystemLauncher
 
     batch = issubclass(launcher_class, BatchSystemLauncher)
@@ -365,7 +436,13 @@ def _as_ddipp_runs(launcher_class: type, folder: str) -> type:
 
             def _run_command(self, command, **kwargs):
                 try:
-                    return super()._run_command(command, stderr=subprocess.PIPE, **kwargs)
+                    return super()._run_command(
+                        command, stderr=subprocess.PIPE, timeout=BATCH_COMMAND_S, **kwargs
+                    )
+                except subprocess.TimeoutExpired:  # (the command is killed)
+                    raise LaunchFailed(
+                        COMMAND_SLOW.format(command=command[0], seconds=BATCH_COMMAND_S)
+                    ) from None
                 except subprocess.CalledProcessError as error:
                     said = (error.stderr or b"").decode("utf8", "replace").strip()
                     said = said or f"exit status {error.returncode}"

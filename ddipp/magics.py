@@ -132,7 +132,12 @@ class DipMagics(Magics):
         "-g",
         "--gpus",
         default=None,
-        help="'all' or GPU ids (0,1,3 or \"0 1 3\"): one rank per GPU, in this order",
+        help=(
+            "'all' or GPU ids (0,1,3 or \"0 1 3\"): one rank per GPU, in this order. With --hosts "
+            "or --engines, GPU ranks on those hosts, each taking GPU LOCAL_RANK of its host (-g "
+            "all, with --hosts gpu-a:8,gpu-b:8) or the LOCAL_RANK-th id listed (-g 0,1 with "
+            "--hosts gpu-a,gpu-b: one rank per id on every host), GPUs counted on each host"
+        ),
     )
     @argument(
         "-n",
@@ -141,7 +146,7 @@ class DipMagics(Magics):
         default=None,
         help=(
             "number of CPU ranks (gloo); with --attach, how many of the registered engines "
-            "(default all); with --engines, how many the launcher starts"
+            "(default all); with --engines, how many ranks the launcher starts (GPU ranks with -g)"
         ),
     )
     @argument(
@@ -160,8 +165,9 @@ class DipMagics(Magics):
         default=None,
         metavar="HOST:RANKS,...",
         help=(
-            "start CPU ranks on other machines over ssh with ipyparallel's SSH launcher, e.g. "
-            "node1:2,node2:2 (HOST as ssh takes it: an alias of your ssh config, user@host). "
+            "start ranks on other machines over ssh with ipyparallel's SSH launcher, e.g. "
+            "node1:2,node2:2 (HOST as ssh takes it: an alias of your ssh config, user@host; "
+            "CPU ranks, or GPU ranks with -g). "
             "Ranks of a host are contiguous, rank 0 on the first host; the controller listens "
             "on this machine's address toward the first host, encrypted (CurveZMQ); --kill "
             "stops every engine and removes their files on every host"
@@ -172,11 +178,11 @@ class DipMagics(Magics):
         default=None,
         metavar="LAUNCHER",
         help=(
-            "start -n N CPU ranks with one of ipyparallel's launchers: slurm, pbs, sge, lsf, "
-            "htcondor or mpi (tested: slurm), configured by --config (batch template, partition, "
-            "engine_cmd). The controller listens, encrypted (CurveZMQ), on the address this "
-            "machine's name resolves to, or c.Cluster.controller_ip; ranks of a host are "
-            "contiguous; --kill stops the job"
+            "start -n N ranks (CPU, or GPU with -g) with one of ipyparallel's launchers: slurm, "
+            "pbs, sge, lsf, htcondor or mpi (tested: slurm), configured by --config (batch "
+            "template, partition, engine_cmd). The controller listens, encrypted (CurveZMQ), on "
+            "the address this machine's name resolves to, or c.Cluster.controller_ip; ranks of a "
+            "host are contiguous; --kill stops the job"
         ),
     )
     @argument(

@@ -53,7 +53,18 @@ def visible_device(gpu: int, inherited: Mapping[str, str]) -> str:
     listed = inherited.get("CUDA_VISIBLE_DEVICES")
     if listed is None:
         return str(gpu)
-    return [entry.strip() for entry in listed.split(",")][gpu]
+    return visible_entries(listed)[gpu]
+
+
+def visible_entries(listed: str) -> list[str]:
+    """The GPUs a `CUDA_VISIBLE_DEVICES` value shows, as CUDA reads it: entries up to the first
+    empty or negative one."""
+    entries = []
+    for entry in (entry.strip() for entry in listed.split(",")):
+        if not entry or entry.startswith("-"):
+            break
+        entries.append(entry)
+    return entries
 
 
 def place_host(
@@ -101,19 +112,25 @@ def place_host(
 
 
 def place_hosts(
-    ranks_per_host: Sequence[int], *, master_addr: str, master_port: int, inherited: Mapping[str, str]
+    devices_per_host: Sequence[Sequence[int | None]],
+    *,
+    master_addr: str,
+    master_port: int,
+    inherited: Sequence[Mapping[str, str]],
 ) -> list[Placement]:
-    """CPU ranks on several hosts, host by host: `ranks_per_host[h]` contiguous ranks on host h."""
-    world = sum(ranks_per_host)
+    """Ranks on several hosts, host by host: host h runs one rank per entry of
+    `devices_per_host[h]` (a GPU id as that host numbers its GPUs, or None for a CPU rank),
+    contiguous ranks, with what placement reads of that host's environment in `inherited[h]`."""
+    world = sum(len(devices) for devices in devices_per_host)
     placements: list[Placement] = []
-    for host, count in enumerate(ranks_per_host):
+    for host, devices in enumerate(devices_per_host):
         placements += place_host(
-            (None,) * count,
+            devices,
             master_addr=master_addr,
             master_port=master_port,
-            inherited=inherited,
+            inherited=inherited[host],
             host=host,
-            hosts=len(ranks_per_host),
+            hosts=len(devices_per_host),
             first_rank=len(placements),
             world_size=world,
         )

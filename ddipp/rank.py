@@ -14,6 +14,8 @@ from typing import Any
 
 import cloudpickle
 
+from .placement import visible_entries
+
 # How long a rank's stdout/stderr may hold text before sending it (ipykernel's default is 0.2 s):
 # output should reach the notebook within 100 ms of being written.
 OUTPUT_FLUSH_INTERVAL_S = 0.02
@@ -48,6 +50,15 @@ RELEASE_REQUEST = "ddipp_release_request"
 RELEASE_REPLY = "ddipp_release_reply"
 # Set by ddipp's launcher in each engine's environment: its host's place among --hosts.
 HOST_INDEX = "DDIPP_HOST_INDEX"
+# What placement reads of a rank's own environment on another host, as torchrun would: a value
+# set there stays (ddipp.placement, ddipp.hosts).
+PLACEMENT_VARIABLES = (
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "TORCH_NCCL_BLOCKING_WAIT",
+    "GLOO_SOCKET_IFNAME",
+    "NCCL_SOCKET_IFNAME",
+)
 
 
 def route_to(address: str) -> tuple[str, str | None]:
@@ -79,7 +90,25 @@ def describe_host(controller_address: str) -> dict:
         "host_index": os.environ.get(HOST_INDEX),
         "slurm_job": os.environ.get("SLURM_JOB_ID"),
         "slurm_node": os.environ.get("SLURM_NODEID"),
+        "slurm_local": os.environ.get("SLURM_LOCALID"),
+        "gpus": visible_gpus(),
+        # What placement reads of the rank's own environment (what is set there stays set).
+        "environment": {name: os.environ[name] for name in PLACEMENT_VARIABLES if name in os.environ},
     }
+
+
+def visible_gpus() -> int:
+    """How many GPUs this process may use, counted without starting CUDA (a rank is given its GPU
+    in CUDA_VISIBLE_DEVICES, which CUDA reads once, when it starts): the entries of
+    CUDA_VISIBLE_DEVICES where it is set (as CUDA reads them), else the GPUs of the NVIDIA
+    driver."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return len(visible_entries(listed))
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
 
 
 def watch_controller(address: str, port: int, misses: int, period_s: float = 1.0) -> None:

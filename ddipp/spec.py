@@ -38,7 +38,14 @@ BAD_HOSTS = (
 )
 REPEATED_HOST = "--hosts lists {host} twice: give each host once, with its number of ranks"
 HOSTS_WITH = "--hosts gives the ranks per host itself; it does not take {flag}"
-GPUS_ON_HOSTS = "--hosts starts CPU ranks (gloo) for now, not -g: give the ranks per host (node1:2,node2:2)"
+GPUS_ALL_ON_BARE_HOSTS = (
+    "--hosts with -g all: give the GPU ranks of each host (gpu-a:8,gpu-b:8), or the GPU ids every host "
+    "uses (-g 0,1,2,3 with --hosts gpu-a,gpu-b)"
+)
+GPU_IDS_WITH_COUNTS = (
+    "--hosts with -g {value}: each host runs one rank per GPU listed; give the hosts without counts "
+    "(--hosts gpu-a,gpu-b -g {value}), or -g all for N ranks on GPUs 0..N-1 of each host"
+)
 CONFIG_WITHOUT_LAUNCHER = "--config FILE configures the engines' launcher: it goes with --hosts or --engines"
 # ipyparallel's engine launchers for a batch system or MPI (its entry point names).
 ENGINE_LAUNCHERS = ("slurm", "pbs", "sge", "lsf", "htcondor", "mpi")
@@ -47,7 +54,7 @@ UNKNOWN_ENGINES = (
     "(engines over ssh: --hosts; engines started some other way: --attach)"
 )
 ENGINES_WITHOUT_N = "--engines {value} needs -n N: how many ranks to start in all"
-ENGINES_WITH = "--engines starts -n N CPU ranks (gloo) through the launcher; it does not take {flag}"
+ENGINES_WITH = "--engines starts -n N ranks through the launcher; it does not take {flag}"
 BAD_TIMEOUT = "--timeout must be a positive number of seconds, not {value!r}"
 GPU_NOTICE = (
     "ddipp: on GPU ranks, %dip --pull brings tensors to the CPU, and a collective that a failed "
@@ -78,6 +85,10 @@ class GroupSpec:
     config: str | None = None
     # ipyparallel's launcher for the engines (`--engines slurm`), or None.
     engines: str | None = None
+    # GPU ranks on other hosts (`-g` with --hosts or --engines): the GPU each rank takes by its
+    # place on its host (LOCAL_RANK), as that host numbers its GPUs. () for GPU LOCAL_RANK (-g
+    # all); None for CPU ranks. The hosts' GPUs are counted there, once the engines run.
+    local_gpus: tuple[int, ...] | None = None
 
     @property
     def world_size(self) -> int:
@@ -85,18 +96,24 @@ class GroupSpec:
 
     @property
     def on_gpus(self) -> bool:
-        return bool(self.devices) and self.devices[0] is not None
+        return self.local_gpus is not None or (bool(self.devices) and self.devices[0] is not None)
+
+    def gpus_on_host(self, ranks: int) -> tuple[int, ...]:
+        """The GPU ids, as their host numbers them, of `ranks` GPU ranks on one host (local_gpus)."""
+        assert self.local_gpus is not None
+        return self.local_gpus[:ranks] if self.local_gpus else tuple(range(ranks))
 
     def describe(self) -> str:
         """A one-line summary, e.g. `2 CPU ranks, gloo, app torch`."""
+        kind = "GPU" if self.on_gpus else "CPU"
         if self.attach is not None:
             count = self.world_size or "every registered"
             where = f"{count} CPU rank(s) on engines attached from {self.attach}"
         elif self.hosts:
             per_host = ", ".join(f"{host}: {n}" for host, n in self.hosts)
-            where = f"{self.world_size} CPU rank(s) on {len(self.hosts)} host(s) over ssh ({per_host})"
+            where = f"{self.world_size} {kind} rank(s) on {len(self.hosts)} host(s) over ssh ({per_host})"
         elif self.engines is not None:
-            where = f"{self.world_size} CPU rank(s) started with ipyparallel's {self.engines} launcher"
+            where = f"{self.world_size} {kind} rank(s) started with ipyparallel's {self.engines} launcher"
         elif self.on_gpus:
             where = f"{self.world_size} GPU rank(s) on GPU {','.join(map(str, self.devices))}"
         else:
@@ -126,20 +143,23 @@ def plan_group(
 ) -> tuple[GroupSpec, list[str]]:
     """Resolve `%makedip` flags into a spec plus notices for the user; raise `SpecError`."""
     notices: list[str] = []
-    if gpus is not None and n is not None:
+    if gpus is not None and n is not None and engines is None:  # (--engines: -n ranks, on GPUs)
         raise SpecError(GPUS_AND_CPUS)
     if config is not None and hosts is None and engines is None:
         raise SpecError(CONFIG_WITHOUT_LAUNCHER)
     per_host: tuple[tuple[str, int], ...] = ()
+    local_gpus = None  # GPUs of other hosts, counted there (this machine's: in `devices`)
     if engines is not None:
-        devices = _launched_devices(engines, n, {"-g": gpus, "--attach": attach, "--hosts": hosts})
+        devices = _launched_devices(engines, n, {"--attach": attach, "--hosts": hosts})
+        local_gpus = None if gpus is None else _local_gpus(gpus)
     elif hosts is not None:
-        if gpus is not None:
-            raise SpecError(GPUS_ON_HOSTS)
         for flag, value in (("-n", n), ("--attach", attach)):
             if value is not None:
                 raise SpecError(HOSTS_WITH.format(flag=flag))
         per_host = parse_hosts(hosts)
+        if gpus is not None:
+            local_gpus = _local_gpus(gpus)
+            per_host = _gpu_hosts(per_host, local_gpus, hosts, gpus)
         devices: tuple[int | None, ...] = (None,) * sum(count for _, count in per_host)
     elif attach is not None:
         if gpus is not None:
@@ -149,11 +169,14 @@ def plan_group(
         devices = (None,) * _rank_count(n)
     else:
         devices = _gpu_devices(gpus or "all", visible_gpus, notices)
-    backend = resolve_backend(backend, on_gpus=bool(devices) and devices[0] is not None)
+    on_gpus = local_gpus is not None or (bool(devices) and devices[0] is not None)
+    backend = resolve_backend(backend, on_gpus=on_gpus)
     app_name = app if app is not None else default_app()
     get_app(app_name)
     seconds = _seconds(timeout) if timeout is not None else DEFAULT_TIMEOUT_S
-    spec = GroupSpec(devices, backend, app_name, seconds, bool(verbose), attach, per_host, config, engines)
+    spec = GroupSpec(
+        devices, backend, app_name, seconds, bool(verbose), attach, per_host, config, engines, local_gpus
+    )
     if spec.on_gpus:
         notices.append(GPU_NOTICE.format(timeout=seconds))
     return spec, notices
@@ -172,8 +195,27 @@ def resolve_backend(value: str | None, on_gpus: bool) -> str:
     return value
 
 
+def _local_gpus(value: str) -> tuple[int, ...]:
+    """`-g` for ranks on other hosts: () for `all`, else the ids (checked on each host later)."""
+    return () if value.strip().lower() == "all" else parse_gpu_list(value)
+
+
+def _gpu_hosts(
+    per_host: tuple[tuple[str, int], ...], local_gpus: tuple[int, ...], hosts: str, gpus: str
+) -> tuple[tuple[str, int], ...]:
+    """`--hosts` with `-g`: the ranks per host, given (-g all) or one per GPU id listed (-g IDS)."""
+    bare = [":" not in entry for entry in hosts.strip().strip("'\"").split(",")]
+    if not local_gpus:
+        if any(bare):
+            raise SpecError(GPUS_ALL_ON_BARE_HOSTS)
+        return per_host
+    if not all(bare):
+        raise SpecError(GPU_IDS_WITH_COUNTS.format(value=gpus))
+    return tuple((host, len(local_gpus)) for host, _ in per_host)
+
+
 def _launched_devices(engines: str, n: int | str | None, others: dict[str, str | None]):
-    """The ranks of `--engines NAME -n N`: N CPU ranks, nothing else asked of them."""
+    """The ranks of `--engines NAME -n N`: N ranks, nothing else asked of them."""
     if engines not in ENGINE_LAUNCHERS:
         raise SpecError(UNKNOWN_ENGINES.format(value=engines, choices=", ".join(ENGINE_LAUNCHERS)))
     for flag, value in others.items():

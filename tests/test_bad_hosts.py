@@ -1,13 +1,17 @@
 """Groups on other hosts that fail before any engine runs: bad connection files (--attach),
 hosts ssh cannot resolve and bad launcher config files (--hosts), a controller that other hosts
-could not reach (--engines)."""
+could not reach and a batch system that does not answer (--engines)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 
+import psutil
 import pytest
 
+from ddipp import launchers
 from ddipp.errors import LaunchFailed
 from ddipp.fsm import State
 from ddipp.session import DipSession
@@ -59,3 +63,86 @@ def test_engines_without_an_address_other_hosts_reach_fails_before_anything_runs
         session.start(spec)
     assert session.state is State.IDLE
     assert session.cluster is None or session.cluster.pids() == frozenset()
+
+
+def test_a_submit_command_that_does_not_answer_fails_the_start_and_leaves_nothing(tmp_path, monkeypatch):
+    # A batch system whose controller is down: its submit command waits (sbatch retries for minutes).
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    (bin_folder / "sbatch").write_text(f"#!/bin/sh\necho $$ > {tmp_path}/sbatch.pid\nexec sleep 600\n")
+    (bin_folder / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr("ddipp.launchers.BATCH_COMMAND_S", 2.0)
+    (tmp_path / "config.py").write_text("c.Cluster.controller_ip = '127.0.0.1'\n")
+    monkeypatch.chdir(tmp_path)
+    spec, _ = plan_group(engines="slurm", n="2", config="config.py", app="none")
+    session = DipSession(say=lambda text: None)
+    with pytest.raises(
+        LaunchFailed, match=r"sbatch did not answer within 2 s: is the batch system's controller up\?"
+    ):
+        session.start(spec)
+    assert session.state is State.IDLE
+    assert session.cluster is None or session.cluster.pids() == frozenset()
+    assert not psutil.pid_exists(int((tmp_path / "sbatch.pid").read_text()))  # killed, not left waiting
+
+
+class Registering:
+    """A client whose engines never register: each wait ends at its timeout, or as `error` says."""
+
+    ids: list[int] = []
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    def wait_for_engines(self, n, timeout, interactive):
+        if self.error is not None:
+            raise self.error
+        time.sleep(timeout)
+        raise TimeoutError
+
+
+def waiting_batch_ranks(monkeypatch, states: list[str]) -> launchers.BatchRanks:
+    """Ranks of a Slurm job whose state squeue gives as `states`, one per question."""
+    ranks = launchers.BatchRanks()
+    ranks._spec, _ = plan_group(engines="slurm", n="2", app="none")
+    monkeypatch.setattr(ranks, "_job_ids", lambda: ["7"])
+    monkeypatch.setattr(launchers, "_job_state", lambda launcher, job: states.pop(0) if states else "RUNNING")
+    monkeypatch.setattr(launchers, "ENDED_CHECK_S", 0.01)
+    monkeypatch.setattr(launchers, "JOB_CHECK_S", 0.0)
+    return ranks
+
+
+def test_registration_stops_waiting_once_the_job_has_ended_not_at_the_timeout(monkeypatch):
+    states = ["PENDING (Resources)", "squeue failed: timed out", "RUNNING (None)", "FAILED (NonZeroExitCode)"]
+    ranks = waiting_batch_ranks(monkeypatch, states)
+    ended = r"^--engines: 0 of the 2 engine\(s\) asked for registered, and their job has ended$"
+    with pytest.raises(LaunchFailed, match=ended):
+        ranks._wait_for_engines(Registering(), 2, timeout=60)
+    assert states == []  # every state asked for; squeue failing is not an end
+
+
+def test_registration_waits_out_the_timeout_while_the_job_may_still_start(monkeypatch):
+    ranks = waiting_batch_ranks(monkeypatch, [])
+    with pytest.raises(TimeoutError):
+        ranks._wait_for_engines(Registering(), 2, timeout=0.2)
+
+
+def test_engines_ipyparallel_saw_end_fail_the_registration_saying_so(monkeypatch):
+    from ipyparallel.error import EngineError
+
+    ranks = waiting_batch_ranks(monkeypatch, [])
+    with pytest.raises(LaunchFailed, match="and ipyparallel says: Engine set stopped"):
+        ranks._wait_for_engines(Registering(EngineError("Engine set stopped: {}")), 2, timeout=60)
+
+
+def test_the_state_of_a_slurm_job_is_squeues_or_why_squeue_could_not_say(tmp_path, monkeypatch):
+    squeue = tmp_path / "squeue"
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    for script, state in (
+        ("echo 'FAILED (NonZeroExitCode)'", "FAILED (NonZeroExitCode)"),
+        ("echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1",
+         "squeue failed: slurm_load_jobs error: Unable to contact slurm controller"),
+    ):  # fmt: skip
+        squeue.write_text(f"#!/bin/sh\n{script}\n")
+        squeue.chmod(0o755)
+        assert launchers._job_state("slurm", "7") == state

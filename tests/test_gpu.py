@@ -60,6 +60,22 @@ def require_modules(*names: str) -> None:
         pytest.skip(f"needs {', '.join(missing)}, which is not installed here (docs/gpu.md: what is carried)")
 
 
+def test_the_gpus_a_host_counts_without_cuda_are_those_torch_sees():
+    # How ranks on other hosts count their host's GPUs (ddipp.rank.visible_gpus): without
+    # starting CUDA, from CUDA_VISIBLE_DEVICES or the NVIDIA driver. In a fresh process each time.
+    require_gpus(1)
+    code = (
+        "import torch; from ddipp.rank import visible_gpus; print(visible_gpus(), torch.cuda.device_count())"
+    )
+    for visible in (None, "0", ""):
+        env = {name: value for name, value in os.environ.items() if name != "CUDA_VISIBLE_DEVICES"}
+        if visible is not None:
+            env["CUDA_VISIBLE_DEVICES"] = visible
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+        ours, torchs = done.stdout.split()
+        assert ours == torchs, f"CUDA_VISIBLE_DEVICES={visible!r}: ddipp counts {ours}, torch {torchs}"
+
+
 def test_all_gpus_gives_one_rank_per_gpu_each_seeing_only_its_own(notebook, capsys):
     shell, session = notebook
     count = gpu_count()

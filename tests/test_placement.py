@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from torch.distributed.distributed_c10d import BackendConfig
 
-from ddipp.hosts import order_hosts, ranks_by_host, take_ranks
+from ddipp.errors import LaunchFailed
+from ddipp.hosts import devices_per_host, gpus_of_host, order_hosts, ranks_by_host, take_ranks
 from ddipp.placement import place_host, place_hosts
 from ddipp.spec import SpecError, plan_group
 
@@ -168,7 +171,9 @@ def test_fastai_patches_see_a_gpu_group_in_a_device_mapped_backend(monkeypatch):
 
 
 def test_ranks_across_hosts_are_contiguous_per_host_with_torchruns_local_and_group_ranks():
-    placed = place_hosts([2, 1], master_addr="10.0.0.1", master_port=29613, inherited={})
+    placed = place_hosts(
+        [(None, None), (None,)], master_addr="10.0.0.1", master_port=29613, inherited=[{}, {}]
+    )
     seen = [
         {name: p.environment[name] for name in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")}
         for p in placed
@@ -229,7 +234,7 @@ def test_hosts_gives_ranks_per_host_in_the_order_given(flag, expected):
         ({"hosts": "a:1,a:2"}, "--hosts lists a twice"),
         ({"hosts": "a:1", "n": 2}, "--hosts gives the ranks per host itself; it does not take -n"),
         ({"hosts": "a:1", "attach": "c.json"}, "it does not take --attach"),
-        ({"hosts": "a:1", "gpus": "all"}, "--hosts starts CPU ranks"),
+        ({"hosts": "a", "gpus": "all"}, "--hosts with -g all: give the GPU ranks of each host"),
         ({"config": "ipcluster_config.py"}, "--config FILE configures the engines' launcher"),
     ],
 )
@@ -244,3 +249,121 @@ def test_attach_takes_cpu_ranks_only_and_counts_them_once_formed():
     assert "every registered CPU rank(s) on engines attached from cluster.json" in spec.describe()
     with pytest.raises(SpecError, match="--attach takes CPU ranks"):
         plan_group(attach="cluster.json", gpus="all", app="torch", visible_gpus=gpus(2))
+
+
+def test_gpu_ranks_across_hosts_take_their_hosts_gpus_by_local_rank_as_each_host_numbers_them():
+    # Host 0 shows its engines GPUs 4,5 of its machine; host 1 every GPU of its machine.
+    placed = place_hosts(
+        [(0, 1), (0, 1)],
+        inherited=[{"CUDA_VISIBLE_DEVICES": "4,5"}, {}],
+        master_addr="10.0.0.1",
+        master_port=1,
+    )
+    assert [p.environment["CUDA_VISIBLE_DEVICES"] for p in placed] == ["4", "5", "0", "1"]
+    assert [p.environment["LOCAL_RANK"] for p in placed] == ["0", "1", "0", "1"]
+    assert [(p.device, p.label) for p in placed] == [("cuda:0", "GPU 0"), ("cuda:0", "GPU 1")] * 2
+    assert {p.environment["TORCH_NCCL_BLOCKING_WAIT"] for p in placed} == {"1"}
+
+
+def engines_seen(
+    host: str, gpus: int, visible: str | None = None, count: int = 2, **environment: str
+) -> list[dict]:
+    """What `describe_host` says of `count` engines of one host."""
+    if visible is not None:
+        environment["CUDA_VISIBLE_DEVICES"] = visible
+    address = f"10.231.0.{sum(map(ord, host)) % 250}"
+    return [{"host": host, "address": address, "gpus": gpus, "environment": environment}] * count
+
+
+@pytest.mark.parametrize(
+    ("flags", "engines", "expected"),
+    [
+        ({"hosts": "a:2", "gpus": "all"}, engines_seen("a", 2), (0, 1)),
+        ({"hosts": "a,b", "gpus": "3,1"}, engines_seen("a", 4), (3, 1)),
+        ({"engines": "slurm", "n": "2", "gpus": "all"}, engines_seen("a", 2, "6,7"), (0, 1)),
+    ],
+)
+def test_a_hosts_gpu_ranks_take_its_gpus_by_local_rank(flags, engines, expected):
+    spec, _ = plan_group(app="torch", **flags)
+    assert gpus_of_host(spec, engines) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "engines", "words"),
+    [
+        (
+            {"hosts": "a:2", "gpus": "all"},
+            engines_seen("a", 0),
+            "-g: a runs 2 GPU rank(s), on its GPU(s) 0,1, but its engines see 0 GPU(s) (no NVIDIA driver, "
+            "no CUDA_VISIBLE_DEVICES); ask for fewer ranks per host",
+        ),
+        (
+            {"hosts": "a,b", "gpus": "0,3"},
+            engines_seen("b", 2, "2,3"),
+            "b runs 2 GPU rank(s), on its GPU(s) 0,3, but its engines see 2 GPU(s) "
+            "(CUDA_VISIBLE_DEVICES='2,3')",
+        ),
+        # Slurm's node may run more engines than -g lists GPUs.
+        (
+            {"engines": "slurm", "n": "3", "gpus": "0,1"},
+            engines_seen("n", 8, count=3),
+            "-g: n runs 3 GPU rank(s), more than the 2 GPU id(s) -g lists",
+        ),
+        (
+            {"engines": "slurm", "n": "2", "gpus": "all"},
+            [engines_seen("n", 1, gpu, count=1)[0] for gpu in ("0", "1")],
+            "the engines on n see different GPUs",
+        ),
+    ],
+)
+def test_a_host_short_of_gpus_fails_naming_it_and_what_its_engines_see(flags, engines, words):
+    spec, _ = plan_group(app="torch", **flags)
+    with pytest.raises(LaunchFailed) as raised:
+        gpus_of_host(spec, engines)
+    assert words in str(raised.value)
+
+
+def test_gpus_are_counted_on_a_host_without_starting_cuda(monkeypatch):
+    from ddipp.rank import visible_gpus
+
+    for listed, count in (("", 0), ("0,1", 2), ("GPU-1a2b, GPU-3c4d", 2), ("1,-1,2", 1), ("0,,1", 1)):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+        assert visible_gpus() == count
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    driver = Path("/proc/driver/nvidia/gpus")
+    assert visible_gpus() == (len(list(driver.iterdir())) if driver.is_dir() else 0)
+
+
+def test_ranks_on_other_hosts_keep_what_their_host_sets_and_get_only_their_own_gpu():
+    spec, _ = plan_group(hosts="a:2,b:1", gpus="all", app="torch")
+    seen = engines_seen("a", 4, "2,3,4,5", TORCH_NCCL_BLOCKING_WAIT="0") + engines_seen("b", 1, count=1)
+    devices, inherited = devices_per_host(spec, seen, [2, 1])
+    assert devices == [(0, 1), (0,)]
+    placed = place_hosts(devices, inherited=inherited, **MASTER)
+    # Each rank sees its own GPU as its host numbers them; what the host set stays (as torchrun).
+    assert [p.environment["CUDA_VISIBLE_DEVICES"] for p in placed] == ["2", "3", "0"]
+    assert [p.environment["TORCH_NCCL_BLOCKING_WAIT"] for p in placed] == ["0", "0", "1"]
+
+
+def test_cpu_ranks_on_other_hosts_keep_their_hosts_thread_count():
+    spec, _ = plan_group(hosts="a:2,b:2", app="torch")
+    seen = engines_seen("a", 0, OMP_NUM_THREADS="4") + engines_seen("b", 0)
+    devices, inherited = devices_per_host(spec, seen, [2, 2])
+    assert devices == [(None, None), (None, None)]
+    placed = place_hosts(devices, inherited=inherited, **MASTER)
+    assert [p.environment["OMP_NUM_THREADS"] for p in placed] == ["4", "4", "1", "1"]
+
+
+def test_gpu_ranks_on_one_machine_given_twice_in_hosts_are_refused():
+    spec, _ = plan_group(hosts="a:1,alias-of-a:1", gpus="all", app="torch")
+    seen = engines_seen("a", 8, count=1) * 2  # the same machine: the same address
+    with pytest.raises(LaunchFailed, match="-g: a and a are one machine"):
+        devices_per_host(spec, seen, [1, 1])
+
+
+def test_a_slurm_nodes_engines_are_in_slurms_task_order():
+    seen = [
+        {"host": "n1", "host_index": None, "slurm_job": "7", "slurm_node": "0", "slurm_local": local}
+        for local in ("1", "0", "2")
+    ]
+    assert order_hosts(seen) == [[1, 0, 2]]

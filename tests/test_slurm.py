@@ -5,6 +5,7 @@ simulated hosts (slurmctld on one, slurmd on two; namespaces, as root; Slurm and
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
@@ -14,7 +15,7 @@ import pytest
 from ddipp.errors import GroupFailed, LaunchFailed
 from ddipp.fsm import State
 from tests.hosts import engine_connection, slurm_config_file, what_ranks_see
-from tests.test_ssh_hosts import CELL_S, CONTRACT, GONE_S
+from tests.test_ssh_hosts import CELL_S, CONTRACT, GONE_S, LONG_T
 
 pytestmark = pytest.mark.multihost
 
@@ -119,6 +120,27 @@ def test_a_job_slurm_does_not_run_fails_saying_why_and_leaves_nothing(
     # No cancel command for a job that was never submitted (scancel '' fails, and some batch
     # systems read an empty id as every job), and no complaint about one.
     assert "could not stop" not in capsys.readouterr().err
+    # The fixture checks that no job is left in Slurm's queue, and no process anywhere.
+
+
+def test_a_job_whose_engines_end_at_once_fails_then_with_their_output(slurm, launching_notebook, tmp_path):
+    hosts, cluster = slurm
+    shell, session = launching_notebook
+    path = config_file(tmp_path / "ipcluster_config.py", hosts, nodes=1, per_node=2)
+    with open(path, "a") as file:  # the job runs; its engines exit at once (a value their option refuses)
+        file.write("c.SlurmEngineSetLauncher.engine_args = ['--IPEngine.timeout=soon']\n")
+    began = time.monotonic()
+    with pytest.raises(LaunchFailed) as raised:
+        shell.run_line_magic("makedip", f"--engines slurm -n 2 --config {path} -a none -t {LONG_T}")
+    seconds = time.monotonic() - began
+    message = str(raised.value)
+    # Failed once the job had ended, not at -t, with its state and what the engines wrote.
+    ended = r"--engines: 0 of the 2 engine\(s\) asked for registered, and their job has ended; "
+    assert re.search(ended + r"their job \d+: (FAILED|COMPLETED) ", message), message
+    assert "soon" in message
+    assert seconds < LONG_T / 2
+    assert session.state is State.IDLE
+    print(f"the start failed {seconds:.1f} s after it began (-t {LONG_T})")
     # The fixture checks that no job is left in Slurm's queue, and no process anywhere.
 
 

@@ -68,7 +68,11 @@ def test_no_flags_means_all_gpus():
         ),
         ({"engines": "slurm"}, "--engines slurm needs -n N"),
         ({"engines": "slurm", "n": "2", "hosts": "node1:2"}, "it does not take --hosts"),
-        ({"engines": "slurm", "gpus": "all"}, "it does not take -g"),
+        ({"engines": "slurm", "gpus": "all"}, "--engines slurm needs -n N"),
+        ({"engines": "slurm", "n": "2", "attach": "x.json"}, "it does not take --attach"),
+        ({"hosts": "a,b:2", "gpus": "all"}, "give the GPU ranks of each host (gpu-a:8,gpu-b:8)"),
+        ({"hosts": "a:2,b:2", "gpus": "0,1"}, "give the hosts without counts (--hosts gpu-a,gpu-b -g 0,1)"),
+        ({"hosts": "a,b", "gpus": "0,0"}, "twice"),
         ({"n": "2", "config": "ipcluster_config.py"}, "it goes with --hosts or --engines"),
     ],
 )
@@ -113,3 +117,25 @@ def test_engines_asks_a_launcher_for_n_cpu_ranks():
     )  # fmt: skip
     assert spec.describe() == "4 CPU rank(s) started with ipyparallel's slurm launcher, gloo, app torch"
     assert notices == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "world", "local_gpus", "where"),
+    [
+        ({"engines": "slurm", "n": "4"}, 4, (), "4 GPU rank(s) started with ipyparallel's slurm launcher"),
+        ({"hosts": "a:2,b:1"}, 3, (), "3 GPU rank(s) on 2 host(s) over ssh (a: 2, b: 1)"),
+    ],
+)
+def test_gpu_ranks_on_other_hosts_are_counted_there_not_here(flags, world, local_gpus, where):
+    # No GPU here: each host's GPUs are counted on it, once its engines run.
+    spec, notices = plan_group(gpus="all", app="torch", visible_gpus=no_gpus, **flags)
+    assert (spec.world_size, spec.on_gpus, spec.local_gpus, spec.backend) == (
+        world, True, local_gpus, "cpu:gloo,cuda:nccl"
+    )  # fmt: skip
+    assert spec.describe() == f"{where}, cpu:gloo,cuda:nccl, app torch"
+    assert any("on GPU ranks" in notice for notice in notices)
+
+
+def test_gpu_ids_with_bare_hosts_run_one_rank_per_id_on_every_host():
+    spec, _ = plan_group(hosts="a,b", gpus="2,0", app="torch", visible_gpus=no_gpus)
+    assert (spec.hosts, spec.local_gpus, spec.world_size) == ((("a", 2), ("b", 2)), (2, 0), 4)

@@ -18,6 +18,8 @@ pytestmark = pytest.mark.multihost
 
 # Bounds a test waits for; each is a guard against a hang, well above what is measured.
 GONE_S = 15.0  # engines end within ENGINE_HEARTBEAT_MISSES x ~1 s of their controller
+# -t for starts whose engines end at once: they fail when the engines have ended, long before.
+LONG_T = 120
 CELL_S = 30.0
 CONTRACT = (
     "RANK",
@@ -147,6 +149,24 @@ def test_a_partitioned_host_fails_the_cell_before_the_collective_timeout_and_res
     print(f"the partition failed the cell after {noticed:.1f} s")
 
 
+def test_gpu_ranks_on_hosts_without_gpus_fail_naming_the_host_and_what_its_engines_see(
+    ssh_hosts, launching_notebook
+):
+    hosts, access = ssh_hosts
+    shell, session = launching_notebook
+    with pytest.raises(LaunchFailed) as raised:
+        shell.run_line_magic(
+            "makedip", f"--hosts {hosts_flag(hosts, access, (2, 1))} --config {access.config} -g all -a none"
+        )
+    # The GPUs are counted on the host, by its engines: the notebook's machine has none either.
+    first = hosts.hosts[0].name
+    assert str(raised.value).startswith(
+        f"-g: {first} runs 2 GPU rank(s), on its GPU(s) 0,1, but its engines see 0 GPU(s) "
+        "(no NVIDIA driver, no CUDA_VISIBLE_DEVICES)"
+    )
+    assert session.state is State.IDLE
+
+
 def test_engines_that_fail_on_their_hosts_fail_the_start_with_what_they_wrote(ssh_hosts, launching_notebook):
     hosts, access = ssh_hosts
     shell, session = launching_notebook
@@ -154,18 +174,25 @@ def test_engines_that_fail_on_their_hosts_fail_the_start_with_what_they_wrote(ss
     # ssh works, the engines start and exit at once: a value their option does not take.
     with open(access.config, "a") as file:
         file.write("c.SSHEngineSetLauncher.engine_args = ['--IPEngine.timeout=soon']\n")
+    began = time.monotonic()
     with pytest.raises(LaunchFailed) as raised:
         shell.run_line_magic(
-            "makedip", f"--hosts {hosts_flag(hosts, access, (1, 1))} --config {access.config} -a none -t 5"
+            "makedip",
+            f"--hosts {hosts_flag(hosts, access, (1, 1))} --config {access.config} -a none -t {LONG_T}",
         )
+    seconds = time.monotonic() - began
     message = str(raised.value)
-    assert "--hosts: 0 of the 2 engine(s) asked for registered within 5 s" in message
+    # Failed once the engines had ended, not at -t.
+    assert "--hosts: 0 of the 2 engine(s) asked for registered, and the engine(s) on " in message
+    assert "ended before the group formed" in message
+    assert seconds < LONG_T / 2
     for host in hosts.hosts:
         assert f"an engine's output on {access.aliases[host.name]}, last lines:" in message
     assert "soon" in message
     assert session.state is State.IDLE
     # Each host's folder is removed, though ipyparallel has forgotten the engines that ended.
     assert host_folders() == before
+    print(f"the start failed {seconds:.1f} s after it began (-t {LONG_T})")
 
 
 def host_folders() -> set[str]:
