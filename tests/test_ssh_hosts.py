@@ -201,3 +201,27 @@ def host_folders() -> set[str]:
 
     folder = os.path.join(ipp.Cluster(load_profile=False).profile_dir, "ddipp-hosts")
     return set(os.listdir(folder)) if os.path.isdir(folder) else set()
+
+
+def test_in_a_notebook_kernel_engines_that_end_on_their_hosts_fail_the_start_then(
+    ssh_hosts, kernel, tmp_path
+):
+    # In a kernel, ipyparallel runs its launchers on an event loop of its own that notices the
+    # engines end and tells the client so (EngineError): the start fails the same way.
+    hosts, access = ssh_hosts
+    session, _ = kernel
+    config = tmp_path / "engines_that_exit.py"
+    with open(access.config) as file:
+        config.write_text(
+            file.read() + "\nc.SSHEngineSetLauncher.engine_args = ['--IPEngine.timeout=soon']\n"
+        )
+    flags = f"--hosts {hosts_flag(hosts, access, (1, 1))} --config {config} -a none -t {LONG_T}"
+    cell = session.run(f"%load_ext ddipp\n%makedip {flags}")
+    seconds = cell.finished_at - cell.sent_at
+    assert (cell.status, cell.reply["content"]["ename"]) == ("error", "LaunchFailed")
+    message = cell.reply["content"]["evalue"]
+    assert "--hosts: 0 of the 2 engine(s) asked for registered, and the engine(s) on " in message
+    assert "ended before the group formed" in message and "soon" in message
+    assert seconds < LONG_T / 2
+    assert session.run("print(get_ipython()._ddipp_session[0].state.name)").text() == "IDLE\n"
+    print(f"in a kernel, the start failed {seconds:.1f} s after it began (-t {LONG_T})")
