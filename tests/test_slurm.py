@@ -14,6 +14,8 @@ import pytest
 
 from ddipp.errors import GroupFailed, LaunchFailed
 from ddipp.fsm import State
+from ddipp.session import DipSession
+from ddipp.spec import plan_group
 from tests.hosts import engine_connection, slurm_config_file, what_ranks_see
 from tests.test_ssh_hosts import CELL_S, CONTRACT, GONE_S, LONG_T
 
@@ -182,3 +184,26 @@ def test_a_rank_killed_on_a_node_fails_the_cell_naming_it_and_restart_submits_a_
     shell.run_cell_magic("dip", "", "t = torch.ones(1)\ndist.all_reduce(t)\nprint(t.item())")
     assert capsys.readouterr().out == "2.0\n"
     print(f"the cell failed {noticed:.2f} s after the SIGKILL")
+
+
+# (Needs no Slurm: a stand-in sbatch. Here, after the attach tests of the tier, because it starts
+# a controller in the test process, as the --hosts and --engines tests do.)
+def test_a_submit_command_that_does_not_answer_fails_the_start_and_leaves_nothing(tmp_path, monkeypatch):
+    # A batch system whose controller is down: its submit command waits (sbatch retries for minutes).
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    (bin_folder / "sbatch").write_text(f"#!/bin/sh\necho $$ > {tmp_path}/sbatch.pid\nexec sleep 600\n")
+    (bin_folder / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr("ddipp.launchers.BATCH_COMMAND_S", 2.0)
+    (tmp_path / "config.py").write_text("c.Cluster.controller_ip = '127.0.0.1'\n")
+    monkeypatch.chdir(tmp_path)
+    spec, _ = plan_group(engines="slurm", n="2", config="config.py", app="none")
+    session = DipSession(say=lambda text: None)
+    with pytest.raises(
+        LaunchFailed, match=r"sbatch did not answer within 2 s: is the batch system's controller up\?"
+    ):
+        session.start(spec)
+    assert session.state is State.IDLE
+    assert session.cluster is None or session.cluster.pids() == frozenset()
+    assert not psutil.pid_exists(int((tmp_path / "sbatch.pid").read_text()))  # killed, not left waiting
