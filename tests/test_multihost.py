@@ -44,6 +44,15 @@ def start_engines(hosts, controller, per_host: int):
 
 
 @pytest.fixture
+def interruptible():
+    """SIGINT raises KeyboardInterrupt in this process, as in a kernel, also where pytest was
+    started with SIGINT ignored (a background job of a non-interactive shell)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def attached_notebook(simulated_hosts, controller):
     """An IPython shell with ddipp's magics; the engines it attaches to are the test's to stop."""
     from IPython.core.interactiveshell import InteractiveShell
@@ -166,7 +175,7 @@ def test_kill_detaches_and_leaves_the_engines_running(simulated_hosts, controlle
 
 
 def test_an_interrupt_stops_a_long_cell_on_the_ranks_of_every_host(
-    simulated_hosts, controller, attached_notebook, capsys
+    simulated_hosts, controller, attached_notebook, capsys, interruptible
 ):
     shell, session = attached_notebook
     start_engines(simulated_hosts, controller, 1)
