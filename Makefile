@@ -43,9 +43,9 @@ docs: $(INSTALLED)
 docs-images: $(INSTALLED) system-packages
 	$(PY) -m pytest --run-browser --screenshots docs/images tests/test_browser.py
 
-## system-packages: Debian's packages for the browser tier (chromium), the ssh tests (OpenSSH)
-## and the Slurm tests (slurm-wlm, munge), installed when run as root; else the tests that need
-## them skip, saying so. The tests run sshd, slurmd, slurmctld and munged in their own
+## system-packages: Debian's packages for the browser tier (chromium), the ssh tests (OpenSSH),
+## the Slurm tests (slurm-wlm, munge) and the MPI tests (openmpi-bin), installed when run as
+## root; else the tests that need them skip, saying so. The tests run sshd, slurmd, slurmctld and munged in their own
 ## namespaces and folders: services that systemd would start for a new package are disabled
 ## again (none ran before: the package was missing)
 system-packages:
@@ -55,6 +55,7 @@ system-packages:
 	{ command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; } || missing="$$missing openssh-client"; \
 	[ -x /usr/sbin/slurmd ] || { missing="$$missing slurm-wlm"; services="$$services slurmd slurmctld"; }; \
 	command -v munged >/dev/null || { missing="$$missing munge"; services="$$services munge"; }; \
+	command -v orted >/dev/null || missing="$$missing openmpi-bin"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -263,7 +263,7 @@ class IpyparallelRanks:
         )
         self._cluster = cluster
         self._rendezvous_dir = tempfile.mkdtemp(prefix="ddipp-rendezvous-")
-        cluster.start_controller_sync(controller_cmd=_guarded("ipyparallel.controller"))
+        _start_controller(cluster, self._rendezvous_dir)
         self._adopt(cluster.controller.process.pid)
         # Set at start, before any library sizes its thread pool; each rank's own environment
         # comes with the group (`_form_group`).
@@ -586,6 +586,10 @@ class IpyparallelRanks:
         """Stop every process we started; those that linger past a grace period are killed."""
         self._let_controller_settle()
         family = self._family()
+        if self._rendezvous_dir is not None:
+            # First: a kernel ended during its shutdown (Jupyter waits 5 s for it) leaves no folder.
+            shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
+            self._rendezvous_dir = None
         if self._view is not None and self.ranks:
             from . import rank as rank_side
 
@@ -619,6 +623,10 @@ class IpyparallelRanks:
         # schedulers) are no longer ours to find.
         self._let_controller_settle()
         family = self._family()
+        if self._rendezvous_dir is not None:
+            # First: a kernel ended during its shutdown (Jupyter waits 5 s for it) leaves no folder.
+            shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
+            self._rendezvous_dir = None
         if self._cluster is not None:
             # Ranks ended on purpose exit non-zero; ipyparallel would then dump their logs.
             # The logger is ddipp's own (see `own_logger`), so this silences nothing else.
@@ -628,10 +636,7 @@ class IpyparallelRanks:
             except Exception as error:
                 self._stop_failed(error)  # anything still running here is ended below
         _end_processes([p for p in {*family, *self._family()} if _is_alive(p)], KILL_GRACE_S)
-        if self._rendezvous_dir is not None:
-            shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
         self._cluster = self._client = self._view = None
-        self._rendezvous_dir = None
         self._engine_ids = []
         self._processes = []
         self.ranks = []
@@ -654,9 +659,17 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _guarded(module: str) -> list[str]:
-    """The command that runs `module` under `ddipp.guard`, so it ends if the kernel dies."""
-    return [sys.executable, "-m", "ddipp.guard", module]
+def _start_controller(cluster, folder: str) -> None:
+    """Start `cluster`'s controller under `ddipp.guard`: if the kernel is SIGKILLed, the guard
+    also removes what stopping the group would have removed (`folder`, the cluster file)."""
+    left_behind = (folder, cluster.cluster_file)
+    cluster.start_controller_sync(controller_cmd=_guarded("ipyparallel.controller", left_behind))
+
+
+def _guarded(module: str, remove: tuple[str, ...] = ()) -> list[str]:
+    """The command that runs `module` under `ddipp.guard`, so it ends if the kernel dies, and the
+    paths in `remove` (what stopping the group removes) are removed then."""
+    return [sys.executable, "-m", "ddipp.guard", *(f for path in remove for f in ("--remove", path)), module]
 
 
 def _wait_until_stoppable(pid: int, timeout: float) -> None:

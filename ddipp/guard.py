@@ -1,14 +1,17 @@
 """Run a module as `__main__`, ending it (and its children) if its parent process goes away.
 
-`python -m ddipp.guard MODULE [ARGS...]` starts the ipyparallel controller and engines of a
-group. Nothing else ties them to the notebook kernel: if the kernel is SIGKILLed, its children
-are re-parented and would run forever. A daemon thread here notices the change of parent.
+`python -m ddipp.guard [--remove PATH]... MODULE [ARGS...]` starts the ipyparallel controller
+and engines of a group. Nothing else ties them to the notebook kernel: if the kernel is
+SIGKILLed, its children are re-parented and would run forever. A daemon thread here notices the
+change of parent. Each PATH (a folder or a file the kernel would have removed when it stopped the
+group) is removed then too.
 """
 
 from __future__ import annotations
 
 import os
 import runpy
+import shutil
 import signal
 import sys
 import threading
@@ -18,7 +21,7 @@ POLL_S = 0.5
 TERM_GRACE_S = 3.0
 
 
-def _end_orphaned(parent: int) -> None:
+def _end_orphaned(parent: int, paths: list[str]) -> None:
     while os.getppid() == parent:
         time.sleep(POLL_S)
     try:
@@ -31,17 +34,30 @@ def _end_orphaned(parent: int) -> None:
                 pass
     except Exception:
         pass  # the process itself still ends below
+    for path in paths:
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        except OSError:
+            pass  # gone already, or not ours to remove: the rest still goes
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(TERM_GRACE_S)
     os._exit(1)
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        raise SystemExit("usage: python -m ddipp.guard MODULE [ARGS...]")
-    module = sys.argv[1]
-    threading.Thread(target=_end_orphaned, args=(os.getppid(),), name="ddipp-guard", daemon=True).start()
-    sys.argv = [module, *sys.argv[2:]]
+    arguments, paths = sys.argv[1:], []
+    while arguments[:1] == ["--remove"] and len(arguments) > 1:
+        paths.append(arguments[1])
+        arguments = arguments[2:]
+    if not arguments:
+        raise SystemExit("usage: python -m ddipp.guard [--remove PATH]... MODULE [ARGS...]")
+    module = arguments[0]
+    parent = os.getppid()
+    threading.Thread(target=_end_orphaned, args=(parent, paths), name="ddipp-guard", daemon=True).start()
+    sys.argv = [module, *arguments[1:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 

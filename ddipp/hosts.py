@@ -116,8 +116,9 @@ def ranks_by_host(hosts: Sequence[Hashable]) -> list[list[int]]:
 def order_hosts(seen: Sequence[dict]) -> list[list[int]]:
     """Indices of the engines `seen` (`rank.describe_host`, in engine order) grouped by host:
     hosts in the order of their `host_index` where ddipp's launcher set one (`--hosts`), else in
-    their Slurm job's node order when every engine is of one job, else in the order their first
-    engine comes."""
+    their Slurm job's node order when every engine is of one job, else in MPI's rank order when
+    every engine has a rank of one mpiexec run (ranks of a host in that order too), else in the
+    order their first engine comes."""
     if any(engine["host_index"] is not None for engine in seen):
         # The --hosts entry tells hosts apart even when two of them have the same name.
         groups = ranks_by_host([(engine["host_index"], engine["host"]) for engine in seen])
@@ -130,6 +131,10 @@ def order_hosts(seen: Sequence[dict]) -> list[list[int]]:
             sorted(group, key=lambda index: int(seen[index].get("slurm_local") or 0)) for group in groups
         ]
         return sorted(groups, key=lambda group: int(seen[group[0]]["slurm_node"]))
+    mpi_ranks = [engine.get("mpi_rank") for engine in seen]
+    if None not in mpi_ranks and len(set(mpi_ranks)) == len(seen):  # one run: each rank once
+        groups = [sorted(group, key=lambda index: int(mpi_ranks[index])) for group in groups]
+        return sorted(groups, key=lambda group: int(mpi_ranks[group[0]]))
     return groups
 
 

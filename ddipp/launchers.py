@@ -20,6 +20,7 @@ behind on any host, within seconds.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -30,7 +31,14 @@ import uuid
 from urllib.parse import urlparse
 
 from . import rank as rank_side
-from .cluster import CONTROLLER_ARGS, IpyparallelRanks, _guarded, own_logger
+from .cluster import (
+    CONTROLLER_ARGS,
+    IpyparallelRanks,
+    _is_alive,
+    _start_controller,
+    describe_exit,
+    own_logger,
+)
 from .errors import LaunchFailed
 from .hosts import AttachedRanks
 from .rank import HOST_INDEX, route_to
@@ -88,6 +96,10 @@ ENGINES_ENDED = "{flag}: {found} of the {wanted} engine(s) asked for registered,
 HOST_ENDED = "the engine(s) on {hosts} ended before the group formed"
 ENGINE_SET_ENDED = "ipyparallel says: {error}"
 JOB_ENDED = "their job has ended"
+LAUNCHER_ENDED = "{command} has ended ({how})"
+# Open MPI gives the processes it starts on other hosts only the variables named with -x (MPICH's
+# mpiexec passes every variable): how to tell it from its --version.
+OPEN_MPI_VERSION = ("Open MPI", "OpenRTE")
 # Slurm job states after which no engine of the job comes (squeue's long names).
 JOB_FINAL = {
     "BOOT_FAIL", "CANCELLED", "COMPLETED", "COMPLETING", "DEADLINE", "FAILED", "NODE_FAIL",
@@ -209,7 +221,7 @@ class LaunchedRanks(AttachedRanks):
             load_profile=False,
             config=config,
         )
-        cluster.start_controller_sync(controller_cmd=_guarded("ipyparallel.controller"))
+        _start_controller(cluster, self._rendezvous_dir)
         self._adopt(cluster.controller.process.pid)
         _wait_for(cluster.controller.connection_files["client"], spec.timeout)
         os.remove(private)  # read by now: the key lives on in the 0600 connection files only
@@ -367,6 +379,13 @@ class BatchRanks(LaunchedRanks):
         return NOT_SUBMITTED.format(name=spec.engines, error=str(error).strip())
 
     def _engines_ended(self) -> str:
+        for engine_set in self._cluster.engines.values():
+            # mpiexec, run here (ipyparallel's own watch of it reports on its event loop, which
+            # does not run while ddipp waits); a batch system's engine set has no process here.
+            process = getattr(engine_set, "process", None)
+            if process is not None and not _is_alive(process):
+                how = describe_exit(IpyparallelRanks._exit_status(process))
+                return LAUNCHER_ENDED.format(command=engine_set.mpi_cmd[0], how=how)
         now = time.monotonic()
         if now - self._job_checked < JOB_CHECK_S:
             return ""
@@ -417,10 +436,13 @@ def _as_ddipp_runs(launcher_class: type, folder: str) -> type:
     job script written in `folder` unless the config names a file (ipyparallel writes it in the
     kernel's working folder: the notebook's), what the submit or cancel command printed kept when
     it fails (ipyparallel leaves it on the kernel's stderr, which a notebook never shows), such a
-    command given BATCH_COMMAND_S, and no cancel command run for a job that was never submitted."""
-    from ipyparallel.cluster.launcher import BatchSystemLauncher
+    command given BATCH_COMMAND_S, and no cancel command run for a job that was never submitted;
+    for mpiexec, engines without ipengine's --mpi, and Open MPI told to pass them ipyparallel's
+    variables on other hosts too."""
+    from ipyparallel.cluster.launcher import BatchSystemLauncher, MPIEngineSetLauncher
 
     batch = issubclass(launcher_class, BatchSystemLauncher)
+    mpi = issubclass(launcher_class, MPIEngineSetLauncher)
 
     class Launcher(launcher_class):
         def __init__(self, *args, **kwargs):
@@ -455,8 +477,34 @@ def _as_ddipp_runs(launcher_class: type, folder: str) -> type:
                     return None  # refused: an empty job id could mean every job to some batch systems
                 return super().stop()
 
+        if mpi:
+
+            @property
+            def program(self):
+                # Without ipengine's --mpi: it would need mpi4py only to take MPI's rank as the
+                # engine's id; ddipp orders ranks by MPI's rank itself (`hosts.order_hosts`).
+                return self.engine_cmd
+
+            def find_args(self):
+                args = super().find_args()
+                if not _is_open_mpi(tuple(self.mpi_cmd)):
+                    return args
+                at = len(self.mpi_cmd)
+                exported = [part for name in self.get_env() for part in ("-x", name)]
+                return [*args[:at], *exported, *args[at:]]
+
     Launcher.__name__ = Launcher.__qualname__ = launcher_class.__name__
     return Launcher
+
+
+@functools.lru_cache
+def _is_open_mpi(mpi_cmd: tuple[str, ...]) -> bool:
+    """Whether `mpi_cmd` (mpiexec) is Open MPI's."""
+    try:
+        said = subprocess.run([*mpi_cmd, "--version"], capture_output=True, text=True, timeout=RESOLVE_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return False  # ipyparallel's start then says what is wrong with the command
+    return any(name in said.stdout + said.stderr for name in OPEN_MPI_VERSION)
 
 
 def this_host_address(name: str) -> str:

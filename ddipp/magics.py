@@ -179,10 +179,11 @@ class DipMagics(Magics):
         metavar="LAUNCHER",
         help=(
             "start -n N ranks (CPU, or GPU with -g) with one of ipyparallel's launchers: slurm, "
-            "pbs, sge, lsf, htcondor or mpi (tested: slurm), configured by --config (batch "
-            "template, partition, engine_cmd). The controller listens, encrypted (CurveZMQ), on "
-            "the address this machine's name resolves to, or c.Cluster.controller_ip; ranks of a "
-            "host are contiguous; --kill stops the job"
+            "pbs, sge, lsf, htcondor or mpi (tested: slurm, mpi), configured by --config (batch "
+            "template, partition, engine_cmd; mpi_args for mpiexec). The controller listens, "
+            "encrypted (CurveZMQ), on the address this machine's name resolves to, or "
+            "c.Cluster.controller_ip; ranks of a host are contiguous (in the job's node order, or "
+            "MPI's rank order); --kill stops the job or mpiexec"
         ),
     )
     @argument(
@@ -192,7 +193,8 @@ class DipMagics(Magics):
         help=(
             "with --hosts or --engines: an ipyparallel config file (.py or .json) for the "
             "launcher, e.g. c.SSHEngineSetLauncher.ssh_args, .remote_python (default: this "
-            "python), c.SlurmEngineSetLauncher.batch_template, c.Cluster.controller_ip"
+            "python), c.SlurmEngineSetLauncher.batch_template, c.MPILauncher.mpi_args, "
+            "c.Cluster.controller_ip"
         ),
     )
     @argument(

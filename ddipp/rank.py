@@ -50,6 +50,8 @@ RELEASE_REQUEST = "ddipp_release_request"
 RELEASE_REPLY = "ddipp_release_reply"
 # Set by ddipp's launcher in each engine's environment: its host's place among --hosts.
 HOST_INDEX = "DDIPP_HOST_INDEX"
+# A process's rank in its mpiexec run: Open MPI's, then MPICH's (and PMIx's) name for it.
+MPI_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 # What placement reads of a rank's own environment on another host, as torchrun would: a value
 # set there stays (ddipp.placement, ddipp.hosts).
 PLACEMENT_VARIABLES = (
@@ -80,7 +82,8 @@ def route_to(address: str) -> tuple[str, str | None]:
 def describe_host(controller_address: str) -> dict:
     """Where this rank runs: host name, pid, address and interface toward the controller, and
     its host's place among `%makedip --hosts` (None for engines ddipp did not start that way),
-    and its Slurm job and node index in the job (None outside Slurm)."""
+    its Slurm job and node index in the job (None outside Slurm), its rank in an mpiexec run
+    (None outside one)."""
     address, interface = route_to(controller_address)
     return {
         "host": socket.gethostname(),
@@ -91,6 +94,7 @@ def describe_host(controller_address: str) -> dict:
         "slurm_job": os.environ.get("SLURM_JOB_ID"),
         "slurm_node": os.environ.get("SLURM_NODEID"),
         "slurm_local": os.environ.get("SLURM_LOCALID"),
+        "mpi_rank": next((os.environ[name] for name in MPI_RANK_VARIABLES if name in os.environ), None),
         "gpus": visible_gpus(),
         # What placement reads of the rank's own environment (what is set there stays set).
         "environment": {name: os.environ[name] for name in PLACEMENT_VARIABLES if name in os.environ},

@@ -12,7 +12,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from ddipp.magics import AutodipTransformer, DipMagics
 from ddipp.notebooks import KernelSession
 from ddipp.session import DipSession
-from tests.processes import TAG_VARIABLE, descendants_alive, wait_until_gone
+from tests.processes import TAG_VARIABLE, descendants_alive, files_left, wait_until_gone
 
 # How long what a test started may take to end once it is stopped (a bound against a hang).
 LEFTOVER_S = 15.0
@@ -79,19 +79,40 @@ def fastai_ranks():
 def kernel(tmp_path):
     """A real `python3` kernel and the tag its processes carry; nothing may outlive it."""
     tag = uuid.uuid4().hex
-    env = dict(os.environ, **{TAG_VARIABLE: tag, "IPYTHONDIR": str(tmp_path / "ipython")})
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = dict(os.environ, **{TAG_VARIABLE: tag, "IPYTHONDIR": str(tmp_path / "ipython")}, TMPDIR=str(temp))
     session = KernelSession(env)
     yield session, tag
     try:
         session.close()
     finally:
         assert wait_until_gone(tag, 10) == []
+    assert files_left(temp, tmp_path / "ipython") == []
 
 
 @pytest.fixture
 def simulated_hosts():
     """Two simulated hosts (tests/hosts.py); every namespace, link and process is gone after."""
     yield from _simulated_hosts(2)
+
+
+@pytest.fixture
+def ssh_hosts(simulated_hosts, tmp_path):
+    """The simulated hosts with sshd each, and an ipyparallel config file to reach them; nothing
+    started in them after sshd is left."""
+    from tests.hosts import SshAccess, missing_sshd
+
+    reason = missing_sshd()
+    if reason is not None:
+        pytest.skip(reason)
+    access = SshAccess(simulated_hosts)
+    # What runs in the hosts before ddipp starts anything there (each host's sshd).
+    before = {host.name: {p.pid for p in host.processes()} for host in simulated_hosts.hosts}
+    access.config = access.config_file(str(tmp_path / "ipcluster_config.py"))
+    yield simulated_hosts, access
+    for host in simulated_hosts.hosts:
+        assert [p for p in host.processes() if p.pid not in before[host.name]] == []
 
 
 @pytest.fixture

@@ -20,8 +20,11 @@ import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
+
+from tests.processes import files_left
 
 TOOLS = ("ip", "unshare", "nsenter")
 # Without root: the tier in a user namespace of its own, root there (with its own loopback).
@@ -304,6 +307,36 @@ class SshAccess:
         return path
 
 
+NO_MPIEXEC = (
+    "the MPI tests need Open MPI's mpiexec: `make test` installs it when run as root "
+    "(apt-get install openmpi-bin)"
+)
+
+
+def missing_mpiexec() -> str | None:
+    """Why Open MPI's mpiexec cannot start engines here, or None."""
+    return NO_MPIEXEC if shutil.which("mpiexec") is None or shutil.which("orted") is None else None
+
+
+def mpi_config_file(
+    path: str, hosts: SimulatedHosts, access: SshAccess, placed: Sequence[tuple[Host, int]]
+) -> str:
+    """An ipyparallel config file (what `%makedip --config` takes): the controller on the bridge,
+    mpiexec placing `placed` ranks on each host in that order, starting them over this run's ssh."""
+    subnet = f"10.231.{hosts.subnet}.0/24"
+    mpi_args = [
+        "--allow-run-as-root",  # the tier runs as root
+        "--host", ",".join(f"{access.aliases[host.name]}:{count}" for host, count in placed),
+        "--mca", "plm_rsh_agent", f"ssh -F {access.ssh_config}",
+        # Open MPI's own connections (mpiexec to each host's daemon) on the bridge only.
+        "--mca", "oob_tcp_if_include", subnet,
+    ]  # fmt: skip
+    with open(path, "w") as file:
+        file.write(f"c.Cluster.controller_ip = {hosts.bridge_address!r}\n")
+        file.write(f"c.MPILauncher.mpi_args = {mpi_args!r}\n")
+    return path
+
+
 SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "munged")
 NO_SLURM = (
     "the Slurm tests need Slurm and MUNGE ({tools}): `make test` installs them when run as root "
@@ -523,8 +556,14 @@ def kill_kernel_during_a_cell(makedip: str, hosts: Sequence[Host], gone_s: float
     """Start a group with `%makedip makedip` in a kernel stand-in, SIGKILL it during a cell; the
     seconds until every process it started, here and in `hosts`, has ended (at most `gone_s`)."""
     before = {host.name: {p.pid for p in host.processes()} for host in hosts}
+    ipython_dir = Path(os.environ["IPYTHONDIR"])
+    security = frozenset(path.name for path in (ipython_dir / "profile_default" / "security").glob("*"))
+    temp = Path(tempfile.mkdtemp(prefix="kernel-tmp-"))
     kernel = subprocess.Popen(
-        [sys.executable, "-c", KERNEL.format(line=makedip)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", KERNEL.format(line=makedip)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, TMPDIR=str(temp)),
     )
     try:
         assert kernel.stdout.readline().strip() == "ready"
@@ -539,11 +578,15 @@ def kill_kernel_during_a_cell(makedip: str, hosts: Sequence[Host], gone_s: float
         kernel.wait()
         left = psutil.wait_procs([p for ps in started.values() for p in ps] + here, timeout=gone_s)[1]
         assert [p for p in left if _alive(p)] == []
-        return time.monotonic() - killed
+        seconds = time.monotonic() - killed
+        left_behind = files_left(temp, ipython_dir, security)
+        assert left_behind == [], left_behind
+        return seconds
     finally:
         if kernel.poll() is None:
             kernel.kill()
         kernel.stdout.close()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _listening_ports(host: Host) -> set[int]:

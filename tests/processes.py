@@ -1,10 +1,12 @@
-"""Finding the processes a test started, by an environment tag they all inherit."""
+"""Finding the processes a test started, by an environment tag they all inherit; and the files
+a group left behind."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from pathlib import Path
 
 import psutil
 
@@ -58,3 +60,12 @@ def sigkill_and_wait(pid: int, timeout: float = 5.0) -> None:
             return
         time.sleep(0.02)
     raise TimeoutError(f"process {pid} still runs after {timeout} s")
+
+
+def files_left(temp: Path, ipython_dir: Path, before: frozenset[str] = frozenset()) -> list[str]:
+    """What stopped groups left behind: ddipp's folders in `temp` (the TMPDIR of the kernel that
+    ran them), cluster and connection files in the security folder of `ipython_dir` (other than
+    the names in `before`)."""
+    security = ipython_dir / "profile_default" / "security"
+    found = [*temp.glob("ddipp-*"), *(p for p in security.glob("*.json") if p.name not in before)]
+    return sorted(str(path) for path in found)

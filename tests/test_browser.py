@@ -21,7 +21,7 @@ import pytest
 
 from ddipp.apps import installed_version
 from tests.browser import Browser, CellView, JupyterLab, NotebookPage, find_chromium, write_notebook
-from tests.processes import TAG_VARIABLE, tagged_processes
+from tests.processes import TAG_VARIABLE, files_left, tagged_processes
 
 pytestmark = pytest.mark.browser
 
@@ -89,7 +89,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[JupyterLab, 
         pytest.skip(NEEDS_CHROMIUM)
     tag = uuid.uuid4().hex
     folder = tmp_path_factory.mktemp("lab")
-    server = JupyterLab(folder / "notebooks", folder / "home", env=dict(os.environ, **{TAG_VARIABLE: tag}))
+    home = folder / "home"
+    (home / "tmp").mkdir(parents=True)  # the kernels' own (see `notebook`)
+    env = dict(os.environ, **{TAG_VARIABLE: tag}, TMPDIR=str(home / "tmp"), IPYTHONDIR=str(home / "ipython"))
+    server = JupyterLab(folder / "notebooks", home, env=env)
     server.start()
     try:
         yield server, tag
@@ -133,6 +136,7 @@ def notebook(lab, browser: Browser, name: str, cells: Sequence) -> Iterator[Note
         page.close()
         server.shut_down_kernels()
         _check_nothing_left(tag, keep={server.pid})
+        assert files_left(server.home / "tmp", server.home / "ipython") == []
 
 
 def _check_nothing_left(tag: str, keep: set[int]) -> None:

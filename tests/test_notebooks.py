@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from ddipp.notebooks import cell_text, execute_notebook
 from tests.environments import requires_fastai
-from tests.processes import TAG_VARIABLE, tagged_processes, wait_until_gone
+from tests.processes import TAG_VARIABLE, files_left, tagged_processes, wait_until_gone
 
 NOTEBOOKS = sorted((Path(__file__).parent / "notebooks").glob("*.ipynb"))
 # The kernel and everything it started must be gone this long after the kernel shuts down.
@@ -27,13 +28,16 @@ def _notebook_param(path: Path):
 @pytest.mark.parametrize("path", [_notebook_param(path) for path in NOTEBOOKS])
 def test_notebook(path, tmp_path, monkeypatch):
     tag = uuid.uuid4().hex
-    env = dict(__import__("os").environ, **{TAG_VARIABLE: tag, "IPYTHONDIR": str(tmp_path / "ipython")})
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = dict(os.environ, **{TAG_VARIABLE: tag, "IPYTHONDIR": str(tmp_path / "ipython")}, TMPDIR=str(temp))
     notebook = execute_notebook(path, tmp_path / path.name, env=env)
 
     check_expectations(notebook, path.name)
 
     left = wait_until_gone(tag, CLEAN_UP_S)
     assert left == [], [(p.pid, p.cmdline()) for p in left]
+    assert files_left(temp, tmp_path / "ipython") == []
 
 
 def check_expectations(notebook, name: str) -> None:

@@ -367,3 +367,16 @@ def test_a_slurm_nodes_engines_are_in_slurms_task_order():
         for local in ("1", "0", "2")
     ]
     assert order_hosts(seen) == [[1, 0, 2]]
+
+
+def test_engines_of_one_mpiexec_run_are_in_mpis_rank_order_and_two_runs_keep_registration_order():
+    def engines(*placed):
+        return [{"host": h, "host_index": None, "slurm_job": None, "mpi_rank": r} for h, r in placed]
+
+    # Registered in another order than MPI's: rank 0 on host "b", given first to mpiexec.
+    one_run = engines(("a", "3"), ("b", "1"), ("a", "2"), ("b", "0"))
+    assert order_hosts(one_run) == [[3, 1], [2, 0]]
+    # Ranks of two runs do not compare (both have a rank 0): each host whole, as they came.
+    two_runs = engines(("a", "0"), ("b", "0"), ("a", "1"))
+    assert order_hosts(two_runs) == [[0, 2], [1]]
+    assert order_hosts(engines(("a", "1"), ("b", None))) == [[0], [1]]

@@ -32,23 +32,6 @@ CONTRACT = (
 )
 
 
-@pytest.fixture
-def ssh_hosts(simulated_hosts, tmp_path):
-    """The simulated hosts with sshd each, and an ipyparallel config file to reach them."""
-    from tests.hosts import SshAccess, missing_sshd
-
-    reason = missing_sshd()
-    if reason is not None:
-        pytest.skip(reason)
-    access = SshAccess(simulated_hosts)
-    # What runs in the hosts before ddipp starts anything there (each host's sshd).
-    before = {host.name: {p.pid for p in host.processes()} for host in simulated_hosts.hosts}
-    access.config = access.config_file(str(tmp_path / "ipcluster_config.py"))
-    yield simulated_hosts, access
-    for host in simulated_hosts.hosts:
-        assert [p for p in host.processes() if p.pid not in before[host.name]] == []
-
-
 def hosts_flag(hosts, access, counts) -> str:
     return ",".join(f"{access.aliases[h.name]}:{n}" for h, n in zip(hosts.hosts, counts, strict=True))
 
