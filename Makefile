@@ -55,7 +55,7 @@ system-packages:
 	{ command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; } || missing="$$missing openssh-client"; \
 	[ -x /usr/sbin/slurmd ] || { missing="$$missing slurm-wlm"; services="$$services slurmd slurmctld"; }; \
 	command -v munged >/dev/null || { missing="$$missing munge"; services="$$services munge"; }; \
-	command -v orted >/dev/null || missing="$$missing openmpi-bin"; \
+	command -v mpiexec >/dev/null || missing="$$missing openmpi-bin"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -416,6 +416,13 @@ def table(results: dict) -> str:
                 h["startup_s"]["slurm_plain"],
                 "ipp slurm by hand",
             )
+        if "mpi" in h["startup_s"]:
+            compared(
+                "2 hosts: start-up, mpi (s)",
+                h["startup_s"]["mpi"],
+                h["startup_s"]["mpi_plain"],
+                "ipp mpi by hand",
+            )
         compared("2 hosts: dispatch (ms)", h["dispatch_ms"]["ddipp"], h["dispatch_ms"]["px"], "%%px")
     if "fastai" in results:
         f = results["fastai"]

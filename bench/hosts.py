@@ -1,5 +1,6 @@
 """A group across two simulated hosts (the test suite's namespaces; needs root, OpenSSH, and
-Slurm for its rows): start-up to a ready group, attached, over ssh and through Slurm, against
+Slurm and Open MPI for their rows): start-up to a ready group, attached, over ssh, through
+Slurm and with mpiexec, against
 plain ipyparallel doing the same by hand; and a cell's round trip across hosts, `%%dip` against
 `%%px` on the same engines.
 
@@ -83,6 +84,17 @@ config = PyFileConfigLoader(os.path.basename({config!r}), path=os.path.dirname({
 config.SlurmEngineSetLauncher.batch_file_name = os.path.join({folder!r}, "slurm_engine.sbatch")
 start_by_hand(began, {bridge!r}, engine_launcher_class="slurm", config=config)
 """
+# ipyparallel's MPI launcher by hand, made to work across hosts as a user would: Open MPI told to
+# pass the engines ipyparallel's variables, and ipengine's --mpi (which needs mpi4py) turned off.
+PLAIN_MPI = """
+from traitlets.config.loader import PyFileConfigLoader
+import os
+began = time.perf_counter()
+config = PyFileConfigLoader(os.path.basename({config!r}), path=os.path.dirname({config!r})).load_config()
+config.MPILauncher.mpi_args = [*config.MPILauncher.mpi_args, "-x", "IPP_CLUSTER_ID", "-x", "IPP_PROFILE_DIR"]
+config.MPIEngineSetLauncher.engine_args = ["--IPEngine.use_mpi=False"]
+start_by_hand(began, {bridge!r}, engine_launcher_class="mpi", config=config)
+"""
 PX = "px_view = get_ipython()._ddipp_session[0].cluster._client[:]\npx_view.block = True\npx_view.activate()"
 
 
@@ -101,6 +113,8 @@ def bench_hosts(env: dict) -> dict:
         SshAccess,
         client_file,
         engine_file,
+        missing_mpiexec,
+        mpi_config_file,
         start_controller,
         stop_controller,
     )
@@ -150,6 +164,13 @@ def bench_hosts(env: dict) -> dict:
                     ssh_config=access.ssh_config, engines=engines, bridge=hosts.bridge_address
                 )
                 _start_both(kernel, f"--hosts {flag} --config {config}", plain, startup, "ssh")
+                if missing_mpiexec() is None:
+                    placed = [(host, 1) for host in hosts.hosts]
+                    mpi = mpi_config_file(config.replace(".py", "_mpi.py"), hosts, access, placed)
+                    plain = PLAIN_MPI.format(config=mpi, bridge=hosts.bridge_address)
+                    _start_both(kernel, f"--engines mpi -n 2 --config {mpi}", plain, startup, "mpi")
+                else:
+                    print(f"hosts: MPI rows skipped: {missing_mpiexec()}")
         finally:
             stop_controller(controller)
     finally:

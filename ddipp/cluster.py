@@ -669,7 +669,8 @@ def _start_controller(cluster, folder: str) -> None:
 def _guarded(module: str, remove: tuple[str, ...] = ()) -> list[str]:
     """The command that runs `module` under `ddipp.guard`, so it ends if the kernel dies, and the
     paths in `remove` (what stopping the group removes) are removed then."""
-    return [sys.executable, "-m", "ddipp.guard", *(f for path in remove for f in ("--remove", path)), module]
+    removed = (part for path in remove for part in ("--remove", path))
+    return [sys.executable, "-m", "ddipp.guard", "--parent", str(os.getpid()), *removed, module]
 
 
 def _wait_until_stoppable(pid: int, timeout: float) -> None:

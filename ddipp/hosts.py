@@ -116,14 +116,19 @@ def ranks_by_host(hosts: Sequence[Hashable]) -> list[list[int]]:
 def order_hosts(seen: Sequence[dict]) -> list[list[int]]:
     """Indices of the engines `seen` (`rank.describe_host`, in engine order) grouped by host:
     hosts in the order of their `host_index` where ddipp's launcher set one (`--hosts`), else in
-    their Slurm job's node order when every engine is of one job, else in MPI's rank order when
-    every engine has a rank of one mpiexec run (ranks of a host in that order too), else in the
+    MPI's rank order when every engine has a rank of one mpiexec run (ranks of a host in that
+    order too), else in their Slurm job's node order when every engine is of one job, else in the
     order their first engine comes."""
     if any(engine["host_index"] is not None for engine in seen):
         # The --hosts entry tells hosts apart even when two of them have the same name.
         groups = ranks_by_host([(engine["host_index"], engine["host"]) for engine in seen])
         return sorted(groups, key=lambda group: int(seen[group[0]]["host_index"] or 0))
     groups = ranks_by_host([engine["host"] for engine in seen])
+    mpi_ranks = [engine.get("mpi_rank") for engine in seen]
+    if None not in mpi_ranks and len(set(mpi_ranks)) == len(seen):  # one run: each rank once
+        # (First: mpiexec in a Slurm allocation passes it SLURM_* of its own step to every rank.)
+        groups = [sorted(group, key=lambda index: int(mpi_ranks[index])) for group in groups]
+        return sorted(groups, key=lambda group: int(mpi_ranks[group[0]]))
     jobs = {engine.get("slurm_job") for engine in seen}
     if len(jobs) == 1 and None not in jobs:  # node indices mean something within one job only
         # Within a node, in Slurm's task order: the CPUs it binds a task to follow it.
@@ -131,10 +136,6 @@ def order_hosts(seen: Sequence[dict]) -> list[list[int]]:
             sorted(group, key=lambda index: int(seen[index].get("slurm_local") or 0)) for group in groups
         ]
         return sorted(groups, key=lambda group: int(seen[group[0]]["slurm_node"]))
-    mpi_ranks = [engine.get("mpi_rank") for engine in seen]
-    if None not in mpi_ranks and len(set(mpi_ranks)) == len(seen):  # one run: each rank once
-        groups = [sorted(group, key=lambda index: int(mpi_ranks[index])) for group in groups]
-        return sorted(groups, key=lambda group: int(mpi_ranks[group[0]]))
     return groups
 
 
@@ -216,10 +217,14 @@ class AttachedRanks(IpyparallelRanks):
             raise LaunchFailed(ENGINES_BUSY.format(timeout=timeout)) from None
         groups = take_ranks(order_hosts(seen), wanted)
         self._engine_ids = [engine_ids[index] for group in groups for index in group]
-        self._seen = [seen[index] for group in groups for index in group]
+        self._seen = [self._as_chosen_on_host(seen[index]) for group in groups for index in group]
         self._ranks_per_host = [len(group) for group in groups]
         self._view = client[self._engine_ids]
         self._view.use_cloudpickle()
+
+    def _as_chosen_on_host(self, engine: dict) -> dict:
+        """`engine` (as `describe_host` saw it), its environment what its host chose."""
+        return engine
 
     def _form_group(self, spec: GroupSpec) -> list[RankInfo]:
         from . import rank as rank_side

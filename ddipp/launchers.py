@@ -191,6 +191,9 @@ class LaunchedRanks(AttachedRanks):
 
     flag = ""  # the %makedip flag that asks for these ranks, for messages
     not_stopped_advice = ""  # what to do when the launcher could not stop the engines
+    # Whether the engines get their connection details (keys included) in their environment,
+    # which only an encrypted channel may carry; else they read the connection file.
+    connection_in_environment = True
 
     def _configure(self, spec: GroupSpec, config, cluster_id: str, profile_dir: str) -> tuple[type, str]:
         """Set `config` up for the launcher; return its class and the controller's address."""
@@ -219,6 +222,7 @@ class LaunchedRanks(AttachedRanks):
             log=own_logger(),
             shutdown_atexit=False,
             load_profile=False,
+            send_engines_connection_env=self.connection_in_environment,
             config=config,
         )
         _start_controller(cluster, self._rendezvous_dir)
@@ -269,6 +273,15 @@ class LaunchedRanks(AttachedRanks):
     def _engines_ended(self) -> str:
         """Why not every engine asked for can still register ('' while they can, or if unknown)."""
         return ""
+
+    def _as_chosen_on_host(self, engine: dict) -> dict:
+        # A launcher may pass the engines this kernel's whole environment (sbatch does by
+        # default, mpiexec to the ranks on its own host, MPICH's to all): a value equal to this
+        # kernel's is not the host's choice.
+        chosen = {
+            name: value for name, value in engine["environment"].items() if os.environ.get(name) != value
+        }
+        return dict(engine, environment=chosen)
 
     def _engines_started(self) -> None:
         """Note what the launcher left on other hosts (called whether it succeeded or not)."""
@@ -362,7 +375,9 @@ class BatchRanks(LaunchedRanks):
     MPI): `-n N` engines in one job, wherever the batch system places them."""
 
     flag = "--engines"
-    not_stopped_advice = JOB_NOT_CANCELLED
+    # A batch system copies a job's environment to its nodes, mpiexec its variables to other
+    # hosts, in the clear: the engines read the (0600) connection file on the shared filesystem.
+    connection_in_environment = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -377,6 +392,19 @@ class BatchRanks(LaunchedRanks):
 
     def _not_started(self, spec: GroupSpec, error: Exception) -> str:
         return NOT_SUBMITTED.format(name=spec.engines, error=str(error).strip())
+
+    @property
+    def not_stopped_advice(self) -> str:
+        # mpiexec runs here, adopted (`_engines_started`): it is ended by pid in any case.
+        return "" if self._spec is not None and self._spec.engines == "mpi" else JOB_NOT_CANCELLED
+
+    def _engines_started(self) -> None:
+        # A launcher's process here (mpiexec; a batch system's submit command has ended) is
+        # ended by pid at stop, with what it started here, if the launcher could not stop it.
+        for engine_set in self._cluster.engines.values():
+            process = getattr(engine_set, "process", None)
+            if process is not None:
+                self._adopt(process.pid)
 
     def _engines_ended(self) -> str:
         for engine_set in self._cluster.engines.values():

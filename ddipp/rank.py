@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import socket
@@ -50,6 +51,8 @@ RELEASE_REQUEST = "ddipp_release_request"
 RELEASE_REPLY = "ddipp_release_reply"
 # Set by ddipp's launcher in each engine's environment: its host's place among --hosts.
 HOST_INDEX = "DDIPP_HOST_INDEX"
+# Set in an engine by its first formation: what PLACEMENT_VARIABLES were there before (JSON).
+HOST_ENVIRONMENT = "DDIPP_HOST_ENVIRONMENT"
 # A process's rank in its mpiexec run: Open MPI's, then MPICH's (and PMIx's) name for it.
 MPI_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 # What placement reads of a rank's own environment on another host, as torchrun would: a value
@@ -96,9 +99,20 @@ def describe_host(controller_address: str) -> dict:
         "slurm_local": os.environ.get("SLURM_LOCALID"),
         "mpi_rank": next((os.environ[name] for name in MPI_RANK_VARIABLES if name in os.environ), None),
         "gpus": visible_gpus(),
-        # What placement reads of the rank's own environment (what is set there stays set).
-        "environment": {name: os.environ[name] for name in PLACEMENT_VARIABLES if name in os.environ},
+        # What placement reads of the rank's own environment (what is set there stays set), as
+        # it was before ddipp formed a group in this engine.
+        "environment": _host_environment(),
     }
+
+
+def _placement_environment() -> dict[str, str]:
+    return {name: os.environ[name] for name in PLACEMENT_VARIABLES if name in os.environ}
+
+
+def _host_environment() -> dict[str, str]:
+    """PLACEMENT_VARIABLES as the host set them, before any group ddipp formed in this engine."""
+    recorded = os.environ.get(HOST_ENVIRONMENT)
+    return json.loads(recorded) if recorded is not None else _placement_environment()
 
 
 def visible_gpus() -> int:
@@ -170,6 +184,9 @@ def form_group(
     (`store_path` None) rank 0 serves a TCP store on `master_addr`, the address its peers reach.
     """
     global _group_connections
+    # What the host itself set, kept for a later describe_host (another --attach): these
+    # variables are ddipp's from now on.
+    os.environ.setdefault(HOST_ENVIRONMENT, json.dumps(_placement_environment()))
     # Before torch starts CUDA: a GPU rank must see only its own GPU.
     os.environ.update(environment)
     import torch

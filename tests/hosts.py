@@ -308,14 +308,16 @@ class SshAccess:
 
 
 NO_MPIEXEC = (
-    "the MPI tests need Open MPI's mpiexec: `make test` installs it when run as root "
-    "(apt-get install openmpi-bin)"
+    "the MPI tests need Open MPI's mpiexec (its options are in their config): `make test` installs "
+    "it when run as root and no mpiexec is there (apt-get install openmpi-bin)"
 )
 
 
 def missing_mpiexec() -> str | None:
     """Why Open MPI's mpiexec cannot start engines here, or None."""
-    return NO_MPIEXEC if shutil.which("mpiexec") is None or shutil.which("orted") is None else None
+    from ddipp.launchers import _is_open_mpi
+
+    return None if _is_open_mpi(("mpiexec",)) else NO_MPIEXEC
 
 
 def mpi_config_file(

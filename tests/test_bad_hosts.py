@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
+from types import SimpleNamespace
 
+import psutil
 import pytest
 
 from ddipp import launchers
@@ -83,7 +87,7 @@ def waiting_batch_ranks(monkeypatch, states: list[str]) -> launchers.BatchRanks:
     """Ranks of a Slurm job whose state squeue gives as `states`, one per question."""
     ranks = launchers.BatchRanks()
     ranks._spec, _ = plan_group(engines="slurm", n="2", app="none")
-    monkeypatch.setattr(ranks, "_job_ids", lambda: ["7"])
+    ranks._cluster = SimpleNamespace(engines={"job": SimpleNamespace(job_id="7")})
     monkeypatch.setattr(launchers, "_job_state", lambda launcher, job: states.pop(0) if states else "RUNNING")
     monkeypatch.setattr(launchers, "ENDED_CHECK_S", 0.01)
     monkeypatch.setattr(launchers, "JOB_CHECK_S", 0.0)
@@ -111,6 +115,22 @@ def test_engines_ipyparallel_saw_end_fail_the_registration_saying_so(monkeypatch
     ranks = waiting_batch_ranks(monkeypatch, [])
     with pytest.raises(LaunchFailed, match="and ipyparallel says: Engine set stopped"):
         ranks._wait_for_engines(Registering(EngineError("Engine set stopped: {}")), 2, timeout=60)
+
+
+def test_registration_stops_waiting_once_mpiexec_has_ended_saying_how_it_ended(monkeypatch):
+    ranks = waiting_batch_ranks(monkeypatch, [])
+    ranks._spec, _ = plan_group(engines="mpi", n="2", app="none")
+    started = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    mpiexec = psutil.Process(started.pid)
+    mpiexec.wait()  # reaped by psutil, which keeps the status, as ipyparallel's watching thread does
+    started.wait()
+    engine_set = SimpleNamespace(process=mpiexec, mpi_cmd=["mpiexec", "-v"])
+    ranks._cluster = SimpleNamespace(engines={"mpi": engine_set})
+    message = (
+        r"^--engines: 0 of the 2 engine\(s\) asked for registered, and mpiexec has ended \(exit code 3\)$"
+    )
+    with pytest.raises(LaunchFailed, match=message):
+        ranks._wait_for_engines(Registering(), 2, timeout=60)
 
 
 def test_the_state_of_a_slurm_job_is_squeues_or_why_squeue_could_not_say(tmp_path, monkeypatch):

@@ -380,3 +380,57 @@ def test_engines_of_one_mpiexec_run_are_in_mpis_rank_order_and_two_runs_keep_reg
     two_runs = engines(("a", "0"), ("b", "0"), ("a", "1"))
     assert order_hosts(two_runs) == [[0, 2], [1]]
     assert order_hosts(engines(("a", "1"), ("b", None))) == [[0], [1]]
+
+
+def test_mpiexec_in_a_slurm_allocation_orders_ranks_by_mpi_not_by_the_slurm_step_it_passes_on():
+    # Every rank got SLURM_* of mpiexec's own step (one node id, one local id) and its MPI rank.
+    seen = [
+        {
+            "host": h,
+            "host_index": None,
+            "slurm_job": "7",
+            "slurm_node": "0",
+            "slurm_local": "0",
+            "mpi_rank": r,
+        }
+        for h, r in (("a", "3"), ("b", "1"), ("a", "2"), ("b", "0"))
+    ]
+    assert order_hosts(seen) == [[3, 1], [2, 0]]
+
+
+def test_a_launched_engines_environment_is_its_hosts_only_where_it_differs_from_the_kernels(monkeypatch):
+    from ddipp.launchers import BatchRanks
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the kernel's, passed on by sbatch or mpiexec
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth0")
+    engine = {"host": "n1", "environment": {"OMP_NUM_THREADS": "2", "GLOO_SOCKET_IFNAME": "ib0"}}
+    assert BatchRanks()._as_chosen_on_host(engine)["environment"] == {"GLOO_SOCKET_IFNAME": "ib0"}
+
+
+# describe_host's environment before and after a group is formed in the same process.
+FORMED_TWICE = """
+import json, os, sys
+from ddipp import rank
+os.environ.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="3")
+os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+before = rank.describe_host("127.0.0.1")["environment"]
+ddipps = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+rank.form_group(0, 1, "127.0.0.1", 0, sys.argv[1], "gloo", "cpu", ddipps, 30)
+print(json.dumps([before, rank.describe_host("127.0.0.1")["environment"]]))
+"""
+
+
+def test_an_engine_that_had_a_group_describes_its_hosts_environment_not_ddipps(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    ran = subprocess.run(
+        [sys.executable, "-c", FORMED_TWICE, str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    before, after = json.loads(ran.stdout.splitlines()[-1])
+    assert before == after == {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "3"}
