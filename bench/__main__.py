@@ -397,32 +397,15 @@ def table(results: dict) -> str:
                 compared(f"  {name} (samples/s)", g[name], g["torchrun"], "torchrun")
     if "hosts" in results and "startup_s" in results["hosts"]:
         h = results["hosts"]
-        compared(
-            "2 hosts: start-up, attach (s)",
-            h["startup_s"]["attach"],
-            h["startup_s"]["attach_plain"],
-            "ipp by hand",
-        )
-        compared(
-            "2 hosts: start-up, ssh (s)",
-            h["startup_s"]["ssh"],
-            h["startup_s"]["ssh_plain"],
-            "ipp ssh by hand",
-        )
-        if "slurm" in h["startup_s"]:
-            compared(
-                "2 hosts: start-up, slurm (s)",
-                h["startup_s"]["slurm"],
-                h["startup_s"]["slurm_plain"],
-                "ipp slurm by hand",
-            )
-        if "mpi" in h["startup_s"]:
-            compared(
-                "2 hosts: start-up, mpi (s)",
-                h["startup_s"]["mpi"],
-                h["startup_s"]["mpi_plain"],
-                "ipp mpi by hand",
-            )
+        started = h["startup_s"]
+        for name, peer in (("attach", "ipp"), ("ssh", "ipp ssh"), ("slurm", "ipp slurm"), ("mpi", "ipp mpi")):
+            if name in started:  # (Slurm's and MPI's rows only where they ran)
+                compared(
+                    f"2 hosts: start-up, {name} (s)",
+                    started[name],
+                    started[f"{name}_plain"],
+                    f"{peer} by hand",
+                )
         compared("2 hosts: dispatch (ms)", h["dispatch_ms"]["ddipp"], h["dispatch_ms"]["px"], "%%px")
     if "fastai" in results:
         f = results["fastai"]
