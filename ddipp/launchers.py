@@ -75,6 +75,10 @@ NO_CONTROLLER_ADDRESS = (
     "reach; give the controller an address they reach in --config: c.Cluster.controller_ip = '...'"
 )
 COMMAND_FAILED = "{command} failed: {said}"
+CONTROLLER_ELSEWHERE = (
+    "--config {path}: c.Cluster.controller_launcher_class is not taken: ddipp runs the controller "
+    "on this machine, tied to the notebook's kernel; remove that line"
+)
 # How long a batch system's command (sbatch, scancel) may take: they answer in about a second,
 # or retry for minutes when the batch system's controller cannot be reached.
 BATCH_COMMAND_S = 60.0
@@ -120,9 +124,12 @@ def load_config(path: str | None):
     folder, name = os.path.split(os.path.abspath(os.path.expanduser(path)))
     loader_class = JSONFileConfigLoader if name.endswith(".json") else PyFileConfigLoader
     try:
-        return loader_class(name, path=folder).load_config()
+        config = loader_class(name, path=folder).load_config()
     except Exception as error:
         raise LaunchFailed(BAD_CONFIG.format(path=path, error=error)) from error
+    if "controller_launcher_class" in config.Cluster:
+        raise LaunchFailed(CONTROLLER_ELSEWHERE.format(path=path))
+    return config
 
 
 def ssh_address(host: str, ssh_args: list[str]) -> str:

@@ -40,6 +40,11 @@ def test_attaching_to_a_file_that_is_not_a_connection_file_fails_and_stays_idle(
         ("nosuchhost.invalid:1", None, r"--hosts: ssh cannot resolve 'nosuchhost.invalid'"),
         ("localhost:1", "missing_config.py", r"--config missing_config.py: not an ipyparallel config file"),
         ("localhost:1", "broken_config.py", r"--config broken_config.py: not an ipyparallel config file"),
+        (
+            "localhost:1",
+            "remote_controller.py",
+            r"controller_launcher_class is not taken: ddipp runs the controller",
+        ),
     ],
 )
 def test_hosts_that_cannot_be_started_fail_before_anything_runs_and_stay_idle(
@@ -49,6 +54,7 @@ def test_hosts_that_cannot_be_started_fail_before_anything_runs_and_stay_idle(
         pytest.skip("needs OpenSSH's client (ssh): `make test` installs it when run as root")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "broken_config.py").write_text("c.SSHEngineSetLauncher.ssh_args = [\n")
+    (tmp_path / "remote_controller.py").write_text("c.Cluster.controller_launcher_class = 'ssh'\n")
     spec, _ = plan_group(hosts=hosts, config=config, app="none")
     session = DipSession(say=lambda text: None)
     with pytest.raises(LaunchFailed, match=message):
