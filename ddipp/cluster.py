@@ -586,10 +586,7 @@ class IpyparallelRanks:
         """Stop every process we started; those that linger past a grace period are killed."""
         self._let_controller_settle()
         family = self._family()
-        if self._rendezvous_dir is not None:
-            # First: a kernel ended during its shutdown (Jupyter waits 5 s for it) leaves no folder.
-            shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
-            self._rendezvous_dir = None
+        self._remove_rendezvous_dir()  # first: see there
         if self._view is not None and self.ranks:
             from . import rank as rank_side
 
@@ -605,6 +602,13 @@ class IpyparallelRanks:
         # linger for seconds) by pid, then let ipyparallel stop its controller.
         _end_processes(family, STOP_GRACE_S)
         self._stop_local()
+
+    def _remove_rendezvous_dir(self) -> None:
+        """Remove the group's folder, first thing in a stop: a kernel ended during its shutdown
+        (Jupyter waits 5 s for it) then leaves no folder."""
+        if self._rendezvous_dir is not None:
+            shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
+            self._rendezvous_dir = None
 
     def _let_controller_settle(self) -> None:
         """Before the controller is stopped: until it handles SIGTERM. It forks its schedulers
@@ -623,10 +627,7 @@ class IpyparallelRanks:
         # schedulers) are no longer ours to find.
         self._let_controller_settle()
         family = self._family()
-        if self._rendezvous_dir is not None:
-            # First: a kernel ended during its shutdown (Jupyter waits 5 s for it) leaves no folder.
-            shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
-            self._rendezvous_dir = None
+        self._remove_rendezvous_dir()  # first: see there
         if self._cluster is not None:
             # Ranks ended on purpose exit non-zero; ipyparallel would then dump their logs.
             # The logger is ddipp's own (see `own_logger`), so this silences nothing else.

@@ -30,6 +30,8 @@ import time
 import uuid
 from urllib.parse import urlparse
 
+import psutil
+
 from . import rank as rank_side
 from .cluster import (
     CONTROLLER_ARGS,
@@ -405,20 +407,25 @@ class BatchRanks(LaunchedRanks):
         # mpiexec runs here, adopted (`_engines_started`): it is ended by pid in any case.
         return "" if self._spec is not None and self._spec.engines == "mpi" else JOB_NOT_CANCELLED
 
+    def _launcher_processes(self) -> list[tuple[object, psutil.Process]]:
+        """Each engine set whose launcher runs a process here (mpiexec), with that process; a
+        batch system's engine set has none (its submit command has ended)."""
+        found = [
+            (engine_set, getattr(engine_set, "process", None))
+            for engine_set in self._cluster.engines.values()
+        ]
+        return [(engine_set, process) for engine_set, process in found if process is not None]
+
     def _engines_started(self) -> None:
-        # A launcher's process here (mpiexec; a batch system's submit command has ended) is
-        # ended by pid at stop, with what it started here, if the launcher could not stop it.
-        for engine_set in self._cluster.engines.values():
-            process = getattr(engine_set, "process", None)
-            if process is not None:
-                self._adopt(process.pid)
+        # Ended by pid at stop, with what it started here, if the launcher could not stop it.
+        for _, process in self._launcher_processes():
+            self._adopt(process.pid)
 
     def _engines_ended(self) -> str:
-        for engine_set in self._cluster.engines.values():
-            # mpiexec, run here (ipyparallel's own watch of it reports on its event loop, which
-            # does not run while ddipp waits); a batch system's engine set has no process here.
-            process = getattr(engine_set, "process", None)
-            if process is not None and not _is_alive(process):
+        # mpiexec's end is read here: ipyparallel's own watch of it reports on its event loop,
+        # which does not run while ddipp waits.
+        for engine_set, process in self._launcher_processes():
+            if not _is_alive(process):
                 how = describe_exit(IpyparallelRanks._exit_status(process))
                 return LAUNCHER_ENDED.format(command=engine_set.mpi_cmd[0], how=how)
         now = time.monotonic()
