@@ -14,6 +14,9 @@ from ddipp.notebooks import KernelSession
 from ddipp.session import DipSession
 from tests.processes import TAG_VARIABLE, descendants_alive, files_left, wait_until_gone
 
+# The helpers there assert what tests share (a contract, what is left): with pytest's messages.
+pytest.register_assert_rewrite("tests.hosts")
+
 # How long what a test started may take to end once it is stopped (a bound against a hang).
 LEFTOVER_S = 15.0
 

@@ -537,6 +537,17 @@ def what_ranks_see(shell, names: Sequence[str], world_size: int) -> list[dict]:
     return seen
 
 
+def assert_two_ranks_on_each_host(seen: Sequence[dict], first: Host, second: Host) -> None:
+    """`seen` (`what_ranks_see`, with CONTRACT) is a group of ranks 0 and 1 on `first`, 2 and 3 on
+    `second`, with torchrun's contract per host and rank 0's address as MASTER_ADDR."""
+    assert [entry["host"] for entry in seen] == [first.name, first.name, second.name, second.name]
+    assert [entry["total"] for entry in seen] == [10.0] * 4
+    assert [
+        (entry["RANK"], entry["LOCAL_RANK"], entry["LOCAL_WORLD_SIZE"], entry["GROUP_RANK"]) for entry in seen
+    ] == [("0", "0", "2", "0"), ("1", "1", "2", "0"), ("2", "0", "2", "1"), ("3", "1", "2", "1")]
+    assert {entry["MASTER_ADDR"] for entry in seen} == {first.address}
+
+
 def engine_connection(session) -> dict:
     """The engine connection file of the controller that `session`'s group started."""
     with open(session.cluster._cluster.controller.connection_files["engine"]) as file:
