@@ -1,6 +1,6 @@
 """Run every benchmark on 2 CPU ranks, print a table of ratios, write bench/results.json.
 
-    python -m bench [--only dispatch,startup,train,gap,hosts,stream,faults,push,scaling,fastai,parity]
+    python -m bench [--only dispatch,startup,train,gap,order,hosts,stream,faults,push,scaling,fastai,parity]
                     [--runs 100]
 
 Each figure is measured against its peer in the same run, on the same machine: a notebook
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import kernel_env, ok, result_line, run_module, spread
+from bench.common import kernel_env, ok, result_line, rounds, run_module, settled, spread
 from bench.hosts import bench_hosts
 from bench.train_gap import bench_gap
+from bench.train_order import bench_order
 from ddipp.notebooks import CellMessages, KernelSession
 
 HERE = Path(__file__).resolve().parent
@@ -31,8 +32,8 @@ ROOT = HERE.parent
 RESULTS = HERE / "results.json"
 STREAM_LINES = 10_000
 STREAM_REPEATS = 7
-ALL = "dispatch,startup,train,gap,hosts,stream,faults,push,scaling,fastai,parity"
-TRAIN_REPEATS = 9
+ALL = "dispatch,startup,train,gap,order,hosts,stream,faults,push,scaling,fastai,parity"
+TRAIN_REPEATS = 15
 TRAIN_CELL = "%%dip\nimport json\nfrom bench.workload import train\nprint('RESULT ' + json.dumps(train()))"
 STARTUP_REPEATS = 3
 PUSH_REPEATS = 5
@@ -128,8 +129,9 @@ def bench_startup(env: dict) -> dict:
 
 def bench_train(env: dict) -> dict:
     """The same training loop: DDP via %%dip, under torchrun --nproc-per-node 2, one process with
-    1 thread and with every core (median of TRAIN_REPEATS runs each, the contenders interleaved;
-    with each contender's range and the per-round ratio ddipp / torchrun)."""
+    1 thread and with every core (median of TRAIN_REPEATS runs each, the contenders interleaved in
+    random order, each after SETTLE_S of idling; with each contender's range and the per-round
+    ratio ddipp / torchrun)."""
     samples: dict[str, list[dict]] = {"ddipp_2": [], "torchrun_2": [], "single_1": [], "single_all": []}
     cores = str(os.cpu_count() or 1)
     with KernelSession(env) as kernel:
@@ -140,11 +142,10 @@ def bench_train(env: dict) -> dict:
             "single_1": lambda: run_module(env, "bench.workload", "1"),
             "single_all": lambda: run_module(env, "bench.workload", cores),
         }
-        names = list(runs)
-        for round_ in range(TRAIN_REPEATS):
-            # Each round in another order, so that no contender always follows the same one.
-            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-                samples[name].append(runs[name]())
+        runs["ddipp_2"]()  # warm-up (torchrun's and one process's runs warm up inside)
+        for order in rounds(list(runs), TRAIN_REPEATS):
+            for name in order:
+                samples[name].append(settled(runs[name]))
         ok(kernel.run("%makedip --kill"))
     return spread(samples, "ddipp_2", "torchrun_2")
 
@@ -387,6 +388,9 @@ def table(results: dict) -> str:
         if "ratio_median" in t:
             low, high = t["ratio_iqr"]
             alone(f"  ratio per round, median of {t['runs']}", t["ratio_median"], f"IQR {low:.3f}-{high:.3f}")
+            if "ratio_ci95" in t:
+                low, high = t["ratio_ci95"]
+                alone("  95 % interval of that median", t["ratio_median"], f"{low:.3f}-{high:.3f}")
         alone("  one process, 1 thread (samples/s)", t["single_1"])
         if "single_all" in t:
             alone("  one process, all cores (samples/s)", t["single_all"])
@@ -395,6 +399,10 @@ def table(results: dict) -> str:
         for name in g["cpu_s"]:
             if name != "torchrun":
                 compared(f"  {name} (samples/s)", g[name], g["torchrun"], "torchrun")
+    if "train_order" in results:
+        o = results["train_order"]
+        for name in ("ddipp_cell", "torchrun"):
+            alone(f"  {name} right after the other / after idling", o[name]["after_other_vs_idle"])
     if "hosts" in results and "startup_s" in results["hosts"]:
         h = results["hosts"]
         started = h["startup_s"]
@@ -496,6 +504,7 @@ def main() -> int:
             "startup": ("startup_s", lambda: bench_startup(env)),
             "train": ("train_samples_per_s", lambda: bench_train(env)),
             "gap": ("train_gap", lambda: bench_gap(env)),
+            "order": ("train_order", lambda: bench_order(env)),
             "hosts": ("hosts", lambda: bench_hosts(env)),
             "stream": ("stream_s", lambda: bench_stream(env)),
             "faults": ("faults_s", lambda: bench_faults(env)),

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import socket
 import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ddipp.notebooks import CellMessages
@@ -30,9 +33,31 @@ def ok(cell: CellMessages) -> CellMessages:
     return cell
 
 
+# Before each timed run the machine idles this long. What ran just before moves a run's speed
+# by up to 8 % here, and not the same way in every run (`python -m bench --only order`;
+# docs/benchmarks.md): so every timed run starts after the same idling, in a random order.
+SETTLE_S = 3.0
+
+
+def rounds(names: list[str], count: int, seed: int = 0) -> Iterator[list[str]]:
+    """`count` rounds of every contender, each round in a random order (seeded: the same every
+    run). A rotation of one order would keep each contender behind the same predecessor."""
+    shuffler = random.Random(seed)
+    for _ in range(count):
+        order = list(names)
+        shuffler.shuffle(order)
+        yield order
+
+
+def settled(run: Callable[[], dict]) -> dict:
+    time.sleep(SETTLE_S)
+    return run()
+
+
 def spread(samples: dict[str, list[dict]], ours: str, peer: str) -> dict:
     """Per contender the median samples/s (under its own name, as before), its range and CPU
-    seconds per run; the per-round ratio `ours` / `peer`: median and interquartile range."""
+    seconds per run; the per-round ratio `ours` / `peer`: median, interquartile range, a 95 %
+    bootstrap interval of that median, and in how many rounds `ours` was the slower."""
     speed = {name: [run["samples_per_s"] for run in runs] for name, runs in samples.items()}
     ratios = sorted(a / b for a, b in zip(speed[ours], speed[peer], strict=True))
     quartile = len(ratios) // 4
@@ -43,7 +68,16 @@ def spread(samples: dict[str, list[dict]], ours: str, peer: str) -> dict:
         "cpu_s": {name: statistics.median(run["cpu_s"] for run in runs) for name, runs in samples.items()},
         "ratio_median": statistics.median(ratios),
         "ratio_iqr": [ratios[quartile], ratios[-1 - quartile]],
+        "ratio_ci95": median_interval(ratios),
+        "rounds_slower": sum(ratio < 1 for ratio in ratios),
     }
+
+
+def median_interval(values: list[float], resamples: int = 10_000, seed: int = 0) -> list[float]:
+    """The 95 % percentile-bootstrap interval of the median of `values` (seeded)."""
+    draw = random.Random(seed)
+    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples))
+    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
 
 
 def run_module(env: dict, module: str, *args: str, ranks: int | None = None) -> dict:

@@ -3,23 +3,28 @@
 The same workload (bench/workload.py, 2 CPU ranks) in every place a rank can run, interleaved
 round after round: in ddipp's engines as a cell, as a plain function call (no cell machinery),
 and with a longer GIL switch interval; in ddipp's engines started just before (a group of a
-second kernel, started, warmed up by one run and stopped in each round); in bare `ipengine`s
+second kernel, started, warmed up by one run and stopped in each round); in a torchrun group
+that stays up for the whole benchmark (bench/long_lived.py: many runs in one process, as in an
+engine, without ipyparallel or ddipp); in bare `ipengine`s
 (no ddipp: no guard thread, no environment contract, no FileStore) through `%%px`, and in bare
 engines without ipykernel's fd-watch threads, and with the longer switch interval; under
 torchrun, under torchrun with gloo on the loopback interface as ddipp sets it, and with the
 longer switch interval. Each figure is a median over GAP_ROUNDS runs with its range, CPU
 seconds per run (every thread of rank 0's process, over the timed steps) and the threads of
-each rank process.
+each rank process. Each round runs the contenders in a random order, each after SETTLE_S of
+idling.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 
 from ipykernel.iostream import OutStream
 
-from bench.common import ok, result_line, run_module, spread
+from bench.common import SETTLE_S, ok, result_line, rounds, run_module, settled, spread
+from bench.long_lived import LongLivedTorchrun
 from ddipp.notebooks import KernelSession
 
 GAP_ROUNDS = 11
@@ -87,6 +92,8 @@ IN_KERNEL = {
 }
 # In a group started for the run alone: started, warmed up as every contender is, measured, stopped.
 FRESH = "ddipp_fresh_engines"
+# In a torchrun group started once, before the first round.
+LONG_LIVED = "torchrun_long_lived"
 # Under torchrun, in what environment (beside the kernel's).
 TORCHRUN = {
     "torchrun": {},
@@ -105,7 +112,7 @@ class OutStreamWithoutFdWatch(OutStream):
 
 def bench_gap(env: dict) -> dict:
     """Every contender GAP_ROUNDS times, interleaved; `spread` summarises them against torchrun."""
-    samples: dict[str, list[dict]] = {name: [] for name in [*IN_KERNEL, FRESH, *TORCHRUN]}
+    samples: dict[str, list[dict]] = {name: [] for name in [*IN_KERNEL, FRESH, LONG_LIVED, *TORCHRUN]}
     with (
         tempfile.TemporaryDirectory() as fresh_ipython_dir,
         KernelSession(env) as kernel,
@@ -113,27 +120,41 @@ def bench_gap(env: dict) -> dict:
     ):
         ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch"))
         ok(fresh_kernel.run("%load_ext ddipp"))
+        long_lived = None
         try:
             threads = json.loads(ok(kernel.run(BARE)).text().split("THREADS ", 1)[1])
+            long_lived = LongLivedTorchrun(env)
+            long_lived.run()  # warm-up, as below
             for code in IN_KERNEL.values():  # warm-up
                 ok(kernel.run(code))
-            for round_ in range(GAP_ROUNDS):
-                # Each round in another order, so that no contender always follows the same one.
-                names = list(samples)
-                for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-                    if name in IN_KERNEL:
-                        samples[name].append(result_line(ok(kernel.run(IN_KERNEL[name])).shown_text()))
-                    elif name == FRESH:
-                        samples[name].append(_in_fresh_engines(fresh_kernel))
-                    else:
-                        torchrun_env = dict(env, **TORCHRUN[name])
-                        samples[name].append(run_module(torchrun_env, "bench.workload", ranks=2))
+            runs = {
+                **{
+                    name: lambda code=code: result_line(ok(kernel.run(code)).shown_text())
+                    for name, code in IN_KERNEL.items()
+                },
+                FRESH: lambda: _in_fresh_engines(fresh_kernel),
+                LONG_LIVED: long_lived.run,
+                **{
+                    name: lambda extra=extra: run_module(dict(env, **extra), "bench.workload", ranks=2)
+                    for name, extra in TORCHRUN.items()
+                },
+            }
+            for order in rounds(list(samples), GAP_ROUNDS):
+                for name in order:
+                    samples[name].append(settled(runs[name]))
         finally:  # the bare clusters are not tied to the kernel: stop them whatever happened
+            if long_lived is not None:
+                long_lived.close()
             kernel.run(BARE_STOP)
             kernel.run("%makedip --kill")
     summary = spread(samples, "ddipp_cell", "torchrun")
     fresh = spread(samples, FRESH, "torchrun")
     summary["fresh_ratio_median"], summary["fresh_ratio_iqr"] = fresh["ratio_median"], fresh["ratio_iqr"]
+    for name in (FRESH, LONG_LIVED):
+        against = spread(samples, name, "torchrun")
+        summary.setdefault("ratios", {})[name] = {
+            key: against[key] for key in ("ratio_median", "ratio_iqr", "ratio_ci95", "rounds_slower")
+        }
     summary["threads"] = threads
     return summary
 
@@ -142,6 +163,7 @@ def _in_fresh_engines(kernel: KernelSession) -> dict:
     ok(kernel.run("%makedip -n 2 -a torch"))
     try:
         ok(kernel.run(IN_KERNEL["ddipp_cell"]))  # the warm-up every other contender had
+        time.sleep(SETTLE_S)  # (after the start-up, as every contender after its predecessor)
         return result_line(ok(kernel.run(IN_KERNEL["ddipp_cell"])).shown_text())
     finally:  # (not checked: an error above says more)
         kernel.run("%makedip --kill")
