@@ -4,6 +4,7 @@ under torchrun or alone, and the summary of interleaved runs."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -33,9 +34,9 @@ def ok(cell: CellMessages) -> CellMessages:
     return cell
 
 
-# Before each timed run the machine idles this long. What ran just before moves a run's speed
-# by up to 8 % here, and not the same way in every run (`python -m bench --only order`;
-# docs/benchmarks.md): so every timed run starts after the same idling, in a random order.
+# Before each timed run the machine idles this long. What ran just before may move a run's
+# speed (`python -m bench --only order` saw up to 8 % between predecessors, not the same way in
+# two runs; docs/benchmarks.md): so every timed run starts after the same idling, in a random order.
 SETTLE_S = 3.0
 
 
@@ -57,7 +58,7 @@ def settled(run: Callable[[], dict]) -> dict:
 def spread(samples: dict[str, list[dict]], ours: str, peer: str) -> dict:
     """Per contender the median samples/s (under its own name, as before), its range and CPU
     seconds per run; the per-round ratio `ours` / `peer`: median, interquartile range, a 95 %
-    bootstrap interval of that median, and in how many rounds `ours` was the slower."""
+    interval of that median (`median_interval`), and in how many rounds `ours` was the slower."""
     speed = {name: [run["samples_per_s"] for run in runs] for name, runs in samples.items()}
     ratios = sorted(a / b for a, b in zip(speed[ours], speed[peer], strict=True))
     quartile = len(ratios) // 4
@@ -73,11 +74,19 @@ def spread(samples: dict[str, list[dict]], ours: str, peer: str) -> dict:
     }
 
 
-def median_interval(values: list[float], resamples: int = 10_000, seed: int = 0) -> list[float]:
-    """The 95 % percentile-bootstrap interval of the median of `values` (seeded)."""
-    draw = random.Random(seed)
-    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples))
-    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
+def median_interval(values: list[float]) -> list[float]:
+    """A distribution-free interval of the median of `values` with at least 95 % coverage: the
+    k-th smallest and k-th largest, k the largest with P(Binomial(n, 1/2) < k) <= 2.5 %
+    (for 15 values the 4th and the 12th: 96.5 %). The bounds are values that were measured."""
+    ordered = sorted(values)
+    n = len(ordered)
+    k, below = 0, 0.0  # below: P(Binomial(n, 1/2) < k + 1)
+    while k < n // 2 and below + math.comb(n, k) / 2**n <= 0.025:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    if k == 0:
+        raise ValueError(f"{n} values are too few for a 95 % interval of their median (6 at least)")
+    return [ordered[k - 1], ordered[n - k]]
 
 
 def run_module(env: dict, module: str, *args: str, ranks: int | None = None) -> dict:

@@ -143,10 +143,12 @@ def bench_gap(env: dict) -> dict:
                 for name in order:
                     samples[name].append(settled(runs[name]))
         finally:  # the bare clusters are not tied to the kernel: stop them whatever happened
-            if long_lived is not None:
-                long_lived.close()
-            kernel.run(BARE_STOP)
-            kernel.run("%makedip --kill")
+            try:
+                if long_lived is not None:
+                    long_lived.close()
+            finally:
+                kernel.run(BARE_STOP)
+                kernel.run("%makedip --kill")
     summary = spread(samples, "ddipp_cell", "torchrun")
     fresh = spread(samples, FRESH, "torchrun")
     summary["fresh_ratio_median"], summary["fresh_ratio_iqr"] = fresh["ratio_median"], fresh["ratio_iqr"]

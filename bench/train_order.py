@@ -25,7 +25,7 @@ def bench_order(env: dict) -> dict:
     speed after the other / after idling."""
     trials = [(before, measured) for before in BEFORE for measured in MEASURED] * ORDER_REPEATS
     random.Random(0).shuffle(trials)
-    speeds: dict[tuple[str, str], list[float]] = {pair: [] for pair in set(trials)}
+    speeds: dict[tuple[str, str], list[float]] = {pair: [] for pair in dict.fromkeys(trials)}
     with KernelSession(env) as kernel:
         ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch"))
         runs = {

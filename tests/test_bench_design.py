@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import statistics
+
+import pytest
 
 from bench.common import median_interval, rounds
 
@@ -25,10 +26,11 @@ def test_the_order_is_the_same_in_every_run():
     assert list(rounds(CONTENDERS, 5)) == list(rounds(CONTENDERS, 5))
 
 
-def test_the_interval_of_a_median_holds_it_and_narrows_with_more_rounds():
-    ratios = [0.90, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 1.01, 1.04]
-    low, high = median_interval(ratios)
-    assert min(ratios) <= low < statistics.median(ratios) < high <= max(ratios)
-    wide = high - low
-    low, high = median_interval(ratios * 4)
-    assert high - low < wide
+def test_the_interval_of_a_median_is_the_binomial_order_statistics():
+    # P(Binomial(15, 1/2) < 4) = 1.8 % (< 4: the 4th smallest and largest, 96.5 %);
+    # P(Binomial(11, 1/2) < 3) = 3.3 % (> 2.5 %: the 2nd, 96.1 %); 6 values: the extremes.
+    assert median_interval([float(v) for v in range(15, 0, -1)]) == [4.0, 12.0]
+    assert median_interval([float(v) for v in range(1, 12)]) == [2.0, 10.0]
+    assert median_interval([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == [1.0, 6.0]
+    with pytest.raises(ValueError, match="too few"):
+        median_interval([1.0, 2.0, 3.0, 4.0, 5.0])
