@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ddipp.notebooks import CellMessages
+from ddipp.notebooks import CellMessages, KernelSession
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,13 +80,18 @@ def median_interval(values: list[float]) -> list[float]:
     (for 15 values the 4th and the 12th: 96.5 %). The bounds are values that were measured."""
     ordered = sorted(values)
     n = len(ordered)
-    k, below = 0, 0.0  # below: P(Binomial(n, 1/2) < k + 1)
-    while k < n // 2 and below + math.comb(n, k) / 2**n <= 0.025:
-        below += math.comb(n, k) / 2**n
+    k, below = 0, 0.0  # below: P(Binomial(n, 1/2) < k)
+    while k < n // 2 and below + (step := math.comb(n, k) / 2**n) <= 0.025:
+        below += step
         k += 1
     if k == 0:
         raise ValueError(f"{n} values are too few for a 95 % interval of their median (6 at least)")
     return [ordered[k - 1], ordered[n - k]]
+
+
+def cell_result(kernel: KernelSession, code: str) -> dict:
+    """The RESULT line that `code`, run as a checked cell, shows (printed or as %%px output)."""
+    return result_line(ok(kernel.run(code)).shown_text())
 
 
 def run_module(env: dict, module: str, *args: str, ranks: int | None = None) -> dict:

@@ -11,7 +11,7 @@ import random
 import statistics
 import time
 
-from bench.common import SETTLE_S, ok, result_line, run_module
+from bench.common import SETTLE_S, cell_result, ok, run_module
 from bench.train_gap import IN_KERNEL
 from ddipp.notebooks import KernelSession
 
@@ -29,7 +29,7 @@ def bench_order(env: dict) -> dict:
     with KernelSession(env) as kernel:
         ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch"))
         runs = {
-            "ddipp_cell": lambda: result_line(ok(kernel.run(IN_KERNEL["ddipp_cell"])).shown_text()),
+            "ddipp_cell": lambda: cell_result(kernel, IN_KERNEL["ddipp_cell"]),
             "torchrun": lambda: run_module(env, "bench.workload", ranks=2),
             "idle": lambda: time.sleep(SETTLE_S),
         }
