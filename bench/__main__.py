@@ -1,7 +1,7 @@
 """Run every benchmark on 2 CPU ranks, print a table of ratios, write bench/results.json.
 
-    python -m bench [--only dispatch,startup,train,gap,order,hosts,stream,faults,push,scaling,fastai,parity]
-                    [--runs 100]
+    python -m bench [--only dispatch,startup,train,gap,order,pairs,hosts,stream,faults,push,scaling,
+                            fastai,parity] [--runs 100]
 
 Each figure is measured against its peer in the same run, on the same machine: a notebook
 client (jupyter_client) drives a real kernel, as Jupyter does.
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import kernel_env, ok, result_line, rounds, run_module, settled, spread
+from bench.common import interleaved, kernel_env, ok, result_line, run_module, spread
 from bench.hosts import bench_hosts
 from bench.train_gap import bench_gap
 from bench.train_order import bench_order
+from bench.train_pairs import bench_pairs
 from ddipp.notebooks import CellMessages, KernelSession
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +33,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results.json"
 STREAM_LINES = 10_000
 STREAM_REPEATS = 7
-ALL = "dispatch,startup,train,gap,order,hosts,stream,faults,push,scaling,fastai,parity"
+ALL = "dispatch,startup,train,gap,order,pairs,hosts,stream,faults,push,scaling,fastai,parity"
 TRAIN_REPEATS = 15
 TRAIN_CELL = "%%dip\nimport json\nfrom bench.workload import train\nprint('RESULT ' + json.dumps(train()))"
 STARTUP_REPEATS = 3
@@ -132,7 +133,6 @@ def bench_train(env: dict) -> dict:
     1 thread and with every core (median of TRAIN_REPEATS runs each, the contenders interleaved in
     random order, each after SETTLE_S of idling; with each contender's range and the per-round
     ratio ddipp / torchrun)."""
-    samples: dict[str, list[dict]] = {"ddipp_2": [], "torchrun_2": [], "single_1": [], "single_all": []}
     cores = str(os.cpu_count() or 1)
     with KernelSession(env) as kernel:
         ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch"))
@@ -143,9 +143,7 @@ def bench_train(env: dict) -> dict:
             "single_all": lambda: run_module(env, "bench.workload", cores),
         }
         runs["ddipp_2"]()  # warm-up (torchrun's and one process's runs warm up inside)
-        for order in rounds(list(runs), TRAIN_REPEATS):
-            for name in order:
-                samples[name].append(settled(runs[name]))
+        samples = interleaved(runs, TRAIN_REPEATS)
         ok(kernel.run("%makedip --kill"))
     return spread(samples, "ddipp_2", "torchrun_2")
 
@@ -403,6 +401,10 @@ def table(results: dict) -> str:
         o = results["train_order"]
         for name in ("ddipp_cell", "torchrun"):
             alone(f"  {name} right after the other / after idling", o[name]["after_other_vs_idle"])
+    if "train_pairs" in results:
+        for pair, against in results["train_pairs"]["pairs"].items():
+            low, high = against["ratio_ci95"]
+            alone(f"  {pair} per round", against["ratio_median"], f"95 % {low:.3f}-{high:.3f}")
     if "hosts" in results and "startup_s" in results["hosts"]:
         h = results["hosts"]
         started = h["startup_s"]
@@ -505,6 +507,7 @@ def main() -> int:
             "train": ("train_samples_per_s", lambda: bench_train(env)),
             "gap": ("train_gap", lambda: bench_gap(env)),
             "order": ("train_order", lambda: bench_order(env)),
+            "pairs": ("train_pairs", lambda: bench_pairs(env)),
             "hosts": ("hosts", lambda: bench_hosts(env)),
             "stream": ("stream_s", lambda: bench_stream(env)),
             "faults": ("faults_s", lambda: bench_faults(env)),

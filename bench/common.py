@@ -55,6 +55,15 @@ def settled(run: Callable[[], dict]) -> dict:
     return run()
 
 
+def interleaved(runs: dict[str, Callable[[], dict]], count: int) -> dict[str, list[dict]]:
+    """Each run `count` times: `rounds` of them, each run after SETTLE_S of idling."""
+    samples: dict[str, list[dict]] = {name: [] for name in runs}
+    for order in rounds(list(runs), count):
+        for name in order:
+            samples[name].append(settled(runs[name]))
+    return samples
+
+
 def spread(samples: dict[str, list[dict]], ours: str, peer: str) -> dict:
     """Per contender the median samples/s (under its own name, as before), its range and CPU
     seconds per run; the per-round ratio `ours` / `peer`: median, interquartile range, a 95 %

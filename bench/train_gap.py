@@ -22,7 +22,7 @@ import tempfile
 
 from ipykernel.iostream import OutStream
 
-from bench.common import cell_result, ok, rounds, run_module, settled, spread
+from bench.common import cell_result, interleaved, ok, run_module, settled, spread
 from bench.long_lived import LongLivedTorchrun
 from ddipp.notebooks import KernelSession
 
@@ -32,9 +32,10 @@ TRAIN = (
     "import json, torch.distributed as dist\nfrom bench.workload import train\nresult = train()\n"
     "if dist.get_rank() == 0:\n    print('RESULT ' + json.dumps(result))"
 )
-# Two bare ipyparallel clusters, configured as ddipp configures its own (heartbeat, no delay),
-# each with a gloo group formed by hand, as a user without ddipp would.
-BARE = """
+# `bare(engine_args)`: a bare ipyparallel cluster, configured as ddipp configures its own
+# (heartbeat, no delay), with a gloo group formed by hand, as a user without ddipp would; one of
+# them started, its view `%%pxbare`.
+BARE_CLUSTER = """
 import ipyparallel as ipp, socket, os, json
 def join(rank, port):
     import os, torch, torch.distributed as dist
@@ -60,6 +61,11 @@ def bare(engine_args):
     return cluster, rc, view
 bare_cluster, bare_rc, bare_view = bare([])
 bare_view.activate(suffix="bare")
+"""
+# Two of them: one plain, one without ipykernel's fd-watch threads.
+BARE = (
+    BARE_CLUSTER
+    + """
 quiet_cluster, quiet_rc, quiet_view = bare(
     ["--IPEngine.out_stream_factory=bench.train_gap.OutStreamWithoutFdWatch"]
 )
@@ -71,6 +77,7 @@ def threads():
 print("THREADS " + json.dumps({name: view.apply_sync(threads) for name, view in
       (("ddipp", dd_view), ("ipengine", bare_view), ("ipengine_no_fd_watch", quiet_view))}))
 """
+)
 BARE_STOP = """
 for cluster, client in ((bare_cluster, bare_rc), (quiet_cluster, quiet_rc)):
     client.close()
@@ -111,7 +118,6 @@ class OutStreamWithoutFdWatch(OutStream):
 
 def bench_gap(env: dict) -> dict:
     """Every contender GAP_ROUNDS times, interleaved; `spread` summarises them against torchrun."""
-    samples: dict[str, list[dict]] = {name: [] for name in [*IN_KERNEL, FRESH, LONG_LIVED, *TORCHRUN]}
     with (
         tempfile.TemporaryDirectory() as fresh_ipython_dir,
         KernelSession(env) as kernel,
@@ -135,17 +141,23 @@ def bench_gap(env: dict) -> dict:
                     for name, extra in TORCHRUN.items()
                 },
             }
-            for order in rounds(list(samples), GAP_ROUNDS):
-                for name in order:
-                    samples[name].append(settled(runs[name]))
-        finally:  # the bare clusters are not tied to the kernel: stop them whatever happened
-            try:
-                if long_lived is not None:
-                    long_lived.close()
-            finally:
-                kernel.run(BARE_STOP)
-                kernel.run("%makedip --kill")
+            samples = interleaved(runs, GAP_ROUNDS)
+        finally:
+            stop_contenders(kernel, long_lived, BARE_STOP)
     return dict(_summary(samples), threads=threads)
+
+
+def stop_contenders(kernel: KernelSession, long_lived: LongLivedTorchrun | None, bare_stop: str) -> None:
+    """Stop the long-lived torchrun group, the bare clusters (`bare_stop`, run in `kernel`: they
+    are not tied to the kernel) and ddipp's group, whatever happened."""
+    try:
+        if long_lived is not None:
+            long_lived.close()
+    finally:
+        try:
+            kernel.run(bare_stop)
+        finally:
+            kernel.run("%makedip --kill")
 
 
 def _summary(samples: dict[str, list[dict]]) -> dict:

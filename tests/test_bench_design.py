@@ -1,4 +1,5 @@
-"""The benchmarks' design: the order of interleaved runs, and the interval of a median ratio."""
+"""The benchmarks' design: the order of interleaved runs, the interval of a median ratio, and the
+comparison of every pair of contenders."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import itertools
 import pytest
 
 from bench.common import median_interval, rounds
+from bench.train_pairs import pairwise
 
 CONTENDERS = ["ddipp_2", "torchrun_2", "single_1", "single_all"]
 
@@ -34,3 +36,20 @@ def test_the_interval_of_a_median_is_the_binomial_order_statistics():
     assert median_interval([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == [1.0, 6.0]
     with pytest.raises(ValueError, match="too few"):
         median_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+
+
+def test_every_pair_is_compared_round_by_round():
+    # The machine's speed moves from round to round; within a round "slow" runs at 0.9 of "fast".
+    machine = [15_000.0, 18_000.0, 13_000.0, 17_000.0, 14_000.0, 16_000.0]
+    samples = {
+        "slow": [{"samples_per_s": 0.9 * speed, "cpu_s": 1.0} for speed in machine],
+        "fast": [{"samples_per_s": speed, "cpu_s": 1.0} for speed in machine],
+        "same": [{"samples_per_s": speed, "cpu_s": 1.0} for speed in machine],
+    }
+    pairs = pairwise(samples)
+    assert list(pairs) == ["slow/fast", "slow/same", "fast/same"]
+    assert pairs["slow/fast"]["ratio_median"] == pytest.approx(0.9)
+    assert pairs["slow/fast"]["ratio_ci95"] == pytest.approx([0.9, 0.9])
+    assert pairs["slow/fast"]["rounds_slower"] == 6
+    assert pairs["fast/same"]["ratio_median"] == pytest.approx(1.0)
+    assert pairs["fast/same"]["rounds_slower"] == 0
