@@ -47,15 +47,19 @@ def bare(engine_args):
     cluster = ipp.Cluster(
         n=2, controller_ip="127.0.0.1", controller_args=["--HeartMonitor.period=500"], delay=0
     )
-    cluster.start_controller_sync()
-    cluster.start_engines_sync(engine_args=engine_args)
-    rc = cluster.connect_client_sync()
-    rc.wait_for_engines(2, timeout=120, interactive=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ids = sorted(rc.ids)
-    [r.get(timeout=120) for r in [rc[i].apply_async(join, rank, port) for rank, i in enumerate(ids)]]
+    try:
+        cluster.start_controller_sync()
+        cluster.start_engines_sync(engine_args=engine_args)
+        rc = cluster.connect_client_sync()
+        rc.wait_for_engines(2, timeout=120, interactive=False)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ids = sorted(rc.ids)
+        [r.get(timeout=120) for r in [rc[i].apply_async(join, rank, port) for rank, i in enumerate(ids)]]
+    except BaseException:  # not started: nothing of it stays up
+        cluster.stop_cluster_sync()
+        raise
     view = rc[ids]
     view.block = True
     return cluster, rc, view
@@ -78,11 +82,20 @@ print("THREADS " + json.dumps({name: view.apply_sync(threads) for name, view in
       (("ddipp", dd_view), ("ipengine", bare_view), ("ipengine_no_fd_watch", quiet_view))}))
 """
 )
-BARE_STOP = """
-for cluster, client in ((bare_cluster, bare_rc), (quiet_cluster, quiet_rc)):
-    client.close()
-    cluster.stop_cluster_sync()
+
+
+def bare_stop(*names: str) -> str:
+    """The code that stops the bare clusters `names` (as started by BARE_CLUSTER and BARE) that
+    did start; `bare()` stops one that fails to start."""
+    return f"""
+for name in {names!r}:
+    if name + "_cluster" in globals():
+        globals()[name + "_rc"].close()
+        globals()[name + "_cluster"].stop_cluster_sync()
 """
+
+
+BARE_STOP = bare_stop("bare", "quiet")
 # What each contender runs in the notebook kernel; its output carries rank 0's RESULT line.
 IN_KERNEL = {
     "ddipp_cell": "%%dip\n" + TRAIN,

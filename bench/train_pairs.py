@@ -15,7 +15,7 @@ import itertools
 
 from bench.common import cell_result, interleaved, ok, run_module, spread
 from bench.long_lived import LongLivedTorchrun
-from bench.train_gap import BARE_CLUSTER, IN_KERNEL, TRAIN, stop_contenders
+from bench.train_gap import BARE_CLUSTER, IN_KERNEL, TRAIN, bare_stop, stop_contenders
 from ddipp.notebooks import KernelSession
 
 PAIRS_ROUNDS = 40
@@ -24,7 +24,7 @@ DDIPP_PX = (
     "dd_px = get_ipython()._ddipp_session[0].cluster._client[:]\n"
     "dd_px.block = True\ndd_px.activate(suffix='dd')"
 )
-BARE_STOP = "bare_rc.close()\nbare_cluster.stop_cluster_sync()"
+BARE_STOP = bare_stop("bare")
 IN_THE_KERNEL = {
     "ddipp_cell": IN_KERNEL["ddipp_cell"],
     "ddipp_engines_px": "%%pxdd\n" + TRAIN,
