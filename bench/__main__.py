@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import interleaved, kernel_env, ok, result_line, run_module, spread
+from bench.common import PX_ON_DDIPP_ENGINES, interleaved, kernel_env, ok, result_line, run_module, spread
 from bench.hosts import bench_hosts
 from bench.train_gap import bench_gap
 from bench.train_order import bench_order
@@ -75,10 +75,6 @@ PLAIN_CONFIGS = {
     "ipyparallel": "CLUSTER_OPTIONS = {}",
     "ipyparallel_tuned": "CLUSTER_OPTIONS = dict(controller_args=['--HeartMonitor.period=500'], delay=0)",
 }
-# %%px on ddipp's own engines (the same processes), blocking as `%px` is by default.
-PX_ON_DDIPP_ENGINES = (
-    "px_view = get_ipython()._ddipp_session[0].cluster._client[:]\npx_view.block = True\npx_view.activate()"
-)
 PLAIN_STOP = "rc.close()\ncluster.stop_cluster_sync()"
 
 

@@ -19,6 +19,10 @@ from pathlib import Path
 from ddipp.notebooks import CellMessages, KernelSession
 
 ROOT = Path(__file__).resolve().parent.parent
+# %%px on ddipp's own engines (the same processes), blocking as `%px` is by default.
+PX_ON_DDIPP_ENGINES = (
+    "px_view = get_ipython()._ddipp_session[0].cluster._client[:]\npx_view.block = True\npx_view.activate()"
+)
 
 
 def kernel_env(ipython_dir: str) -> dict[str, str]:

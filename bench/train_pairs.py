@@ -13,24 +13,18 @@ from __future__ import annotations
 
 import itertools
 
-from bench.common import cell_result, interleaved, ok, run_module, spread
+from bench.common import PX_ON_DDIPP_ENGINES, cell_result, interleaved, ok, run_module, spread
 from bench.long_lived import LongLivedTorchrun
-from bench.train_gap import BARE_CLUSTER, IN_KERNEL, TRAIN, bare_stop, stop_contenders
+from bench.train_gap import BARE_CLUSTER, IN_KERNEL, LONG_LIVED, TRAIN, bare_stop, stop_contenders
 from ddipp.notebooks import KernelSession
 
 PAIRS_ROUNDS = 40
-# ddipp's engines, also reached through plain %%px (`%%pxdd`)
-DDIPP_PX = (
-    "dd_px = get_ipython()._ddipp_session[0].cluster._client[:]\n"
-    "dd_px.block = True\ndd_px.activate(suffix='dd')"
-)
 BARE_STOP = bare_stop("bare")
 IN_THE_KERNEL = {
     "ddipp_cell": IN_KERNEL["ddipp_cell"],
-    "ddipp_engines_px": "%%pxdd\n" + TRAIN,
+    "ddipp_engines_px": "%%px\n" + TRAIN,
     "ipengine_px": IN_KERNEL["ipengine_px"],
 }
-LONG_LIVED = "torchrun_long_lived"
 PAIR_KEYS = ("ratio_median", "ratio_ci95", "rounds_slower")
 
 
@@ -40,7 +34,7 @@ def bench_pairs(env: dict) -> dict:
         ok(kernel.run("%load_ext ddipp\n%makedip -n 2 -a torch"))
         long_lived = None
         try:
-            ok(kernel.run(BARE_CLUSTER + DDIPP_PX))
+            ok(kernel.run(BARE_CLUSTER + PX_ON_DDIPP_ENGINES))
             long_lived = LongLivedTorchrun(env)
             runs = {
                 **{name: lambda code=code: cell_result(kernel, code) for name, code in IN_THE_KERNEL.items()},
